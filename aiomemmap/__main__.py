@@ -1,0 +1,7 @@
+"""``python -m aiomemmap``: the same as the ``aiomemmap`` command."""
+
+from __future__ import annotations
+
+from aiomemmap._cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,119 @@
+"""The exception hierarchy of aiomemmap.
+
+Every exception raised on purpose derives from :class:`AiomemmapError`. Each
+subclass also derives from the nearest builtin exception, so callers that catch
+``ValueError`` or ``OSError`` keep working.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+__all__ = [
+    "AccessDeniedError",
+    "AddressSpaceError",
+    "AiomemmapError",
+    "AlignmentError",
+    "BusError",
+    "ClosedError",
+    "LockOrderError",
+    "MemoryFault",
+    "OutOfMemoryError",
+    "RefCountError",
+]
+
+
+class AiomemmapError(Exception):
+    """Root of every exception aiomemmap raises on purpose."""
+
+
+class AlignmentError(AiomemmapError, ValueError):
+    """An address, offset or length is not a multiple of ``PAGE_SIZE``."""
+
+
+class RefCountError(AiomemmapError, RuntimeError):
+    """A page reference count was misused.
+
+    Raised when a reference is taken on or dropped from pages that are not
+    tracked, or when a count would fall below zero. The message names the
+    offending range.
+    """
+
+
+class OutOfMemoryError(AiomemmapError, MemoryError):
+    """An allocation would grow a memory file past its ``max_size``."""
+
+
+class LockOrderError(AiomemmapError, RuntimeError):
+    """A lock was taken out of rank order while debug checks are on."""
+
+
+class ClosedError(AiomemmapError, RuntimeError):
+    """An object was used after it was closed."""
+
+
+class AccessDeniedError(AiomemmapError, PermissionError):
+    """An access was asked for that the object never allows.
+
+    For example, mapping memory-file pages for execution. ``errno`` is
+    ``EACCES``.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_errno.EACCES, message)
+
+
+class BusError(AiomemmapError):
+    """A Mappable could not provide the pages a fault or an access needed.
+
+    A page fault that ends in a ``BusError`` corresponds to ``SIGBUS`` in a
+    guest, as opposed to ``SIGSEGV`` for a :class:`MemoryFault`.
+
+    Attributes:
+        err: The underlying cause.
+        bytes_done: For copies that stopped early, how many bytes were applied
+            before the error; ``0`` otherwise.
+        data: For ``copy_in`` that stopped early, the bytes read before the
+            error; ``b""`` otherwise.
+    """
+
+    def __init__(self, err: BaseException) -> None:
+        if not isinstance(err, BaseException):
+            raise TypeError(f"err must be an exception, got {err!r}")
+        super().__init__(err)
+        self.err = err
+        self.bytes_done = 0
+        self.data = b""
+
+    def __str__(self) -> str:
+        return f"BusError: {self.err}"
+
+
+class AddressSpaceError(AiomemmapError, OSError):
+    """A syscall-like operation on an address space failed.
+
+    ``errno`` holds the value Linux would return (``EINVAL``, ``ENOMEM``,
+    ``EFAULT``...).
+    """
+
+    def __init__(self, errno: int, message: str = "") -> None:
+        if not message:
+            message = os.strerror(errno)
+        super().__init__(errno, message)
+
+
+class MemoryFault(AddressSpaceError):
+    """A memory access found no mapping (``EFAULT``) or lacked permission (``EPERM``).
+
+    Attributes:
+        bytes_done: For copies that stopped early, how many bytes were applied
+            before the fault; ``0`` otherwise.
+        data: For ``copy_in`` that stopped early, the bytes read before the
+            fault; ``b""`` otherwise.
+    """
+
+    def __init__(self, errno: int = _errno.EFAULT, message: str = "") -> None:
+        super().__init__(errno, message)
+        self.bytes_done = 0
+        self.data = b""
