@@ -23,8 +23,9 @@ segment check that it is still current and raise ``ValueError`` otherwise.
 from __future__ import annotations
 
 import enum
+from bisect import bisect_right
 from collections.abc import Callable, Iterator
-from typing import Final, Generic, NamedTuple, TypeAlias, TypeVar, final
+from typing import Any, Final, Generic, NamedTuple, TypeAlias, TypeVar, cast, final
 
 from sortedcontainers import SortedDict
 
@@ -159,7 +160,8 @@ class SegmentMap(Generic[V]):
         self._max_key = max_key
         # start -> (end, value), kept sorted by start.
         self._sd: SortedDict[int, tuple[int, V]] = SortedDict()
-        self._keys = self._sd.keys()
+        # The SortedList of starts inside the SortedDict (see _floor).
+        self._keys: Any = cast(Any, self._sd)._list
 
     # ------------------------------------------------------------------
     # Queries
@@ -184,7 +186,7 @@ class SegmentMap(Generic[V]):
     def __iter__(self) -> Iterator[Segment[V]]:
         """Iterate over all segments in ascending order."""
         sd = self._sd
-        for s in self._keys:
+        for s in sd:
             e, v = sd[s]
             yield Segment(s, e, v)
 
@@ -240,11 +242,9 @@ class SegmentMap(Generic[V]):
         Complexity:
             O(log n).
         """
-        sd = self._sd
-        i = sd.bisect_right(key) - 1
-        if i >= 0:
-            s = self._keys[i]
-            e, v = sd[s]
+        s = self._floor(key)
+        if s is not None:
+            e, v = self._sd[s]
             if key < e:
                 return Segment(s, e, v)
         return None
@@ -256,33 +256,30 @@ class SegmentMap(Generic[V]):
             ValueError: ``key`` is outside ``[min_key, max_key)``.
         """
         self._check_key(key)
-        i = self._sd.bisect_right(key) - 1
-        if i >= 0 and key < self._sd[self._keys[i]][0]:
+        s = self._floor(key)
+        if s is not None and key < self._sd[s][0]:
             return None
-        return self._gap_after_index(i)
+        return self._gap_after(s)
 
     def lower_bound_segment(self, key: int) -> Segment[V] | None:
         """Return the segment containing ``key``, else the first one after it."""
         sd = self._sd
-        i = sd.bisect_right(key) - 1
-        if i >= 0:
-            s = self._keys[i]
+        s = self._floor(key)
+        if s is not None:
             e, v = sd[s]
             if key < e:
                 return Segment(s, e, v)
-        i += 1
-        if i < len(sd):
-            s = self._keys[i]
-            e, v = sd[s]
-            return Segment(s, e, v)
-        return None
+        s = self._higher(key)
+        if s is None:
+            return None
+        e, v = sd[s]
+        return Segment(s, e, v)
 
     def upper_bound_segment(self, key: int) -> Segment[V] | None:
         """Return the segment containing ``key``, else the last one before it."""
-        i = self._sd.bisect_right(key) - 1
-        if i < 0:
+        s = self._floor(key)
+        if s is None:
             return None
-        s = self._keys[i]
         e, v = self._sd[s]
         return Segment(s, e, v)
 
@@ -295,8 +292,7 @@ class SegmentMap(Generic[V]):
             ValueError: ``key`` is outside ``[min_key, max_key]``.
         """
         self._check_key(key, allow_max=True)
-        i = self._sd.bisect_right(key) - 1
-        return self._gap_after_index(i)
+        return self._gap_after(self._floor(key))
 
     def upper_bound_gap(self, key: int) -> Gap:
         """Return the gap containing ``key``, else the last gap before it.
@@ -305,34 +301,34 @@ class SegmentMap(Generic[V]):
             ValueError: ``key`` is outside ``[min_key, max_key]``.
         """
         self._check_key(key, allow_max=True)
-        i = self._sd.bisect_right(key) - 1
-        if i >= 0 and key < self._sd[self._keys[i]][0]:
-            return self._gap_after_index(i - 1)
-        return self._gap_after_index(i)
+        s = self._floor(key)
+        if s is not None and key < self._sd[s][0]:
+            return self._gap_after(self._lower(s))
+        return self._gap_after(s)
 
     def first_segment(self) -> Segment[V] | None:
         """Return the lowest segment, or ``None`` if the map is empty."""
-        if not self._sd:
+        s = self._higher(-1)
+        if s is None:
             return None
-        s = self._keys[0]
         e, v = self._sd[s]
         return Segment(s, e, v)
 
     def last_segment(self) -> Segment[V] | None:
         """Return the highest segment, or ``None`` if the map is empty."""
-        if not self._sd:
+        s = self._last_key()
+        if s is None:
             return None
-        s = self._keys[-1]
         e, v = self._sd[s]
         return Segment(s, e, v)
 
     def first_gap(self) -> Gap:
         """Return the gap before the first segment (maybe empty)."""
-        return self._gap_after_index(-1)
+        return self._gap_after(None)
 
     def last_gap(self) -> Gap:
         """Return the gap after the last segment (maybe empty)."""
-        return self._gap_after_index(len(self._sd) - 1)
+        return self._gap_after(self._last_key())
 
     def next_segment(self, seg: Segment[V]) -> Segment[V] | None:
         """Return the segment after ``seg``, or ``None``.
@@ -340,10 +336,10 @@ class SegmentMap(Generic[V]):
         Raises:
             ValueError: ``seg`` is not a current segment of the map.
         """
-        i = self._index_of(seg) + 1
-        if i >= len(self._sd):
+        self._check_current(seg)
+        s = self._higher(seg.start)
+        if s is None:
             return None
-        s = self._keys[i]
         e, v = self._sd[s]
         return Segment(s, e, v)
 
@@ -353,10 +349,10 @@ class SegmentMap(Generic[V]):
         Raises:
             ValueError: ``seg`` is not a current segment of the map.
         """
-        i = self._index_of(seg) - 1
-        if i < 0:
+        self._check_current(seg)
+        s = self._lower(seg.start)
+        if s is None:
             return None
-        s = self._keys[i]
         e, v = self._sd[s]
         return Segment(s, e, v)
 
@@ -366,7 +362,8 @@ class SegmentMap(Generic[V]):
         Raises:
             ValueError: ``seg`` is not a current segment of the map.
         """
-        return self._gap_after_index(self._index_of(seg))
+        self._check_current(seg)
+        return self._gap_after(seg.start)
 
     def prev_gap(self, seg: Segment[V]) -> Gap:
         """Return the gap right before ``seg`` (empty if the previous one touches).
@@ -374,7 +371,8 @@ class SegmentMap(Generic[V]):
         Raises:
             ValueError: ``seg`` is not a current segment of the map.
         """
-        return self._gap_after_index(self._index_of(seg) - 1)
+        self._check_current(seg)
+        return self._gap_after(self._lower(seg.start))
 
     def segments(
         self, start: int | None = None, end: int | None = None
@@ -397,18 +395,9 @@ class SegmentMap(Generic[V]):
         if start >= end:
             return
         sd = self._sd
-        keys = self._keys
-        i = sd.bisect_right(start) - 1
-        if i < 0 or sd[keys[i]][0] <= start:
-            i += 1
-        n = len(sd)
-        while i < n:
-            s = keys[i]
-            if s >= end:
-                return
+        for s in sd.irange(self._first_overlapping(start), end, (True, False)):
             e, v = sd[s]
             yield Segment(s, e, v)
-            i += 1
 
     def gaps(self, start: int | None = None, end: int | None = None) -> Iterator[Gap]:
         """Iterate over the non-empty gaps overlapping ``[start, end)``, ascending.
@@ -425,20 +414,17 @@ class SegmentMap(Generic[V]):
         if start >= end:
             return
         sd = self._sd
-        keys = self._keys
-        n = len(sd)
-        i = sd.bisect_right(start) - 1
+        s = self._floor(start)
         while True:
-            gap = self._gap_after_index(i)
+            gap = self._gap_after(s)
             if gap.start >= end:
                 return
             if gap.end > start and gap.start < gap.end:
                 yield gap
-            i += 1
-            if i >= n:
+            # A gap ends where the next segment starts, or at max_key.
+            if gap.end >= end or gap.end not in sd:
                 return
-            if keys[i] >= end:
-                return
+            s = gap.end
 
     def first_hole(self, start: int, end: int) -> Gap | None:
         """Return the first part of ``[start, end)`` no segment covers, or ``None``.
@@ -446,8 +432,11 @@ class SegmentMap(Generic[V]):
         The returned gap is clipped to ``[start, end)``.
 
         Raises:
+            TypeError: ``start`` or ``end`` is not an int.
             ValueError: ``[start, end)`` is not a well-formed range.
         """
+        # gaps() reads None as "unbounded"; here both bounds are required.
+        self._check_range(start, end, allow_empty=True)
         for g in self.gaps(start, end):
             return Gap(max(g.start, start), min(g.end, end))
         return None
@@ -503,27 +492,29 @@ class SegmentMap(Generic[V]):
             ValueError: The range is empty, outside the key space, or
                 overlaps an existing segment. Nothing is changed.
         """
-        i = self._check_insertable(start, end)
+        ps, ns = self._check_insertable(start, end)
         sd = self._sd
-        keys = self._keys
         merge = self._merge
-        if i >= 0:
-            ps = keys[i]
+        # Both merge decisions are made before the map is touched, so a merge
+        # function that raises leaves the map as it was.
+        if ps is not None:
             pe, pv = sd[ps]
             if pe == start:
                 mv = merge(ps, start, end, pv, value)
                 if mv is not NO_MERGE:
+                    # The merged segment keeps the key ps, which is simply
+                    # overwritten below.
                     start, value = ps, mv
-                    del sd[ps]
-                    i -= 1
-        if i + 1 < len(sd):
-            ns = keys[i + 1]
+        merged_next: int | None = None
+        if ns is not None:  # noqa: SIM102 - two conditions, two reasons
             if ns == end:
                 ne, nv = sd[ns]
                 mv = merge(start, end, ne, value, nv)
                 if mv is not NO_MERGE:
-                    del sd[ns]
+                    merged_next = ns
                     end, value = ne, mv
+        if merged_next is not None:
+            del sd[merged_next]
         sd[start] = (end, value)
         return Segment(start, end, value)
 
@@ -544,7 +535,7 @@ class SegmentMap(Generic[V]):
         Raises:
             ValueError: ``seg`` is not a current segment of the map.
         """
-        self._index_of(seg)
+        self._check_current(seg)
         self._sd[seg.start] = (seg.end, value)
         return Segment(seg.start, seg.end, value)
 
@@ -554,9 +545,9 @@ class SegmentMap(Generic[V]):
         Raises:
             ValueError: ``seg`` is not a current segment of the map.
         """
-        i = self._index_of(seg)
+        self._check_current(seg)
         del self._sd[seg.start]
-        return self._gap_after_index(i - 1)
+        return self._gap_after(self._lower(seg.start))
 
     def remove_range(self, start: int, end: int) -> list[Segment[V]]:
         """Remove every key in ``[start, end)``.
@@ -595,7 +586,11 @@ class SegmentMap(Generic[V]):
 
         Returns:
             Whether a split happened (no split at a boundary or in a gap).
+
+        Raises:
+            TypeError: ``key`` is not an int.
         """
+        _check_int("key", key)
         seg = self.find(key)
         if seg is None or seg.start == key:
             return False
@@ -606,10 +601,12 @@ class SegmentMap(Generic[V]):
         """Split ``seg`` at ``at`` and return the two halves.
 
         Raises:
+            TypeError: ``at`` is not an int.
             ValueError: ``seg`` is not current, or ``at`` is not strictly
                 inside it.
         """
-        self._index_of(seg)
+        _check_int("at", at)
+        self._check_current(seg)
         if not seg.start < at < seg.end:
             raise ValueError(f"cannot split [{seg.start:#x}, {seg.end:#x}) at {at:#x}")
         return self._split_unchecked(seg, at)
@@ -617,9 +614,12 @@ class SegmentMap(Generic[V]):
     def _split_unchecked(
         self, seg: Segment[V], at: int
     ) -> tuple[Segment[V], Segment[V]]:
-        s, e, v = seg
-        v1, v2 = self._split(s, e, v, at)
+        s, e = seg.start, seg.end
         sd = self._sd
+        # Split the value the map holds now: a snapshot taken before a
+        # set_value() still names the segment, but its value is outdated.
+        v = sd[s][1]
+        v1, v2 = self._split(s, e, v, at)
         sd[s] = (at, v1)
         sd[at] = (e, v2)
         return Segment(s, at, v1), Segment(at, e, v2)
@@ -634,9 +634,15 @@ class SegmentMap(Generic[V]):
             The piece of ``seg`` inside ``[start, end)``.
 
         Raises:
-            ValueError: ``seg`` is not current or does not overlap the range.
+            TypeError: ``start`` or ``end`` is not an int.
+            ValueError: ``seg`` is not current, the range is empty or
+                inverted, or it does not overlap ``seg``.
         """
-        self._index_of(seg)
+        _check_int("start", start)
+        _check_int("end", end)
+        if start >= end:
+            raise ValueError(f"empty or inverted range [{start:#x}, {end:#x})")
+        self._check_current(seg)
         if not (seg.start < end and start < seg.end):
             raise ValueError(
                 f"segment [{seg.start:#x}, {seg.end:#x}) does not overlap "
@@ -660,7 +666,8 @@ class SegmentMap(Generic[V]):
         Raises:
             ValueError: ``first`` is not a current segment of the map.
         """
-        return self._merge_at_index(self._index_of(first))
+        self._check_current(first)
+        return self._merge_next_key(first.start)
 
     def merge_prev(self, seg: Segment[V]) -> Segment[V]:
         """Merge ``seg`` into its predecessor if possible; return the result.
@@ -668,8 +675,9 @@ class SegmentMap(Generic[V]):
         Raises:
             ValueError: ``seg`` is not a current segment of the map.
         """
-        i = self._index_of(seg)
-        merged = self._merge_at_index(i - 1) if i > 0 else None
+        self._check_current(seg)
+        prev = self._lower(seg.start)
+        merged = None if prev is None else self._merge_next_key(prev)
         return seg if merged is None else merged
 
     def merge_next(self, seg: Segment[V]) -> Segment[V]:
@@ -678,7 +686,8 @@ class SegmentMap(Generic[V]):
         Raises:
             ValueError: ``seg`` is not a current segment of the map.
         """
-        merged = self._merge_at_index(self._index_of(seg))
+        self._check_current(seg)
+        merged = self._merge_next_key(seg.start)
         return seg if merged is None else merged
 
     def unisolate(self, seg: Segment[V]) -> Segment[V]:
@@ -691,10 +700,10 @@ class SegmentMap(Generic[V]):
 
     def merge_all(self) -> None:
         """Merge every pair of touching segments the merge function accepts."""
-        i = 0
-        while i < len(self._sd) - 1:
-            if self._merge_at_index(i) is None:
-                i += 1
+        s = self._higher(-1)
+        while s is not None:
+            if self._merge_next_key(s) is None:
+                s = self._higher(s)
 
     def merge_inside_range(self, start: int, end: int) -> None:
         """Merge touching segments whose shared boundary lies in ``(start, end)``.
@@ -707,14 +716,14 @@ class SegmentMap(Generic[V]):
             ValueError: ``[start, end)`` is not a well-formed range.
         """
         self._check_range(start, end, allow_empty=True)
-        sd = self._sd
-        keys = self._keys
-        i = sd.bisect_right(start) - 1
-        if i < 0 or sd[keys[i]][0] <= start:
-            i += 1
-        while i + 1 < len(sd) and keys[i + 1] < end:
-            if self._merge_at_index(i) is None:
-                i += 1
+        first = self._first_overlapping(start)
+        s = first if first in self._sd else self._higher(first)
+        while s is not None:
+            nxt = self._higher(s)
+            if nxt is None or nxt >= end:
+                return
+            if self._merge_next_key(s) is None:
+                s = nxt
 
     def merge_outside_range(self, start: int, end: int) -> None:
         """Try the two merges across the edges of ``[start, end)``.
@@ -754,23 +763,20 @@ class SegmentMap(Generic[V]):
         self.split_at(start)
         self.split_at(end)
         sd = self._sd
-        keys = self._keys
-        i = sd.bisect_right(start) - 1
-        if i < 0 or sd[keys[i]][0] <= start:
-            i += 1
-        last = -1
-        while i < len(sd):
-            s = keys[i]
-            if s >= end:
-                break
+        # After the splits, every piece inside the range starts at or after
+        # ``start``.
+        s: int | None = start if start in sd else self._higher(start)
+        last: int | None = None
+        while s is not None and s < end:
             e, v = sd[s]
             sd[s] = (e, fn(Segment(s, e, v)))
-            if i > 0 and self._merge_at_index(i - 1) is not None:
-                i -= 1
-            last = i
-            i += 1
-        if last >= 0:
-            self._merge_at_index(last)
+            prev = self._lower(s)
+            if prev is not None and self._merge_next_key(prev) is not None:
+                s = prev
+            last = s
+            s = self._higher(s)
+        if last is not None:
+            self._merge_next_key(last)
 
     def mutate_full_range(
         self, start: int, end: int, fn: Callable[[Segment[V]], V]
@@ -810,20 +816,69 @@ class SegmentMap(Generic[V]):
             prev_end = e
         if prev_end > self._max_key:
             raise AssertionError(f"segment ends at {prev_end:#x} past max_key")
-        if list(self._keys) != sorted(self._sd):
-            raise AssertionError("segment starts are not sorted")
+        sl = self._keys
+        if len(sl) != len(self._sd) or any(
+            a > b for a, b in zip(sl._maxes, sl._maxes[1:], strict=False)
+        ):
+            raise AssertionError("the sorted key index disagrees with the map")
 
     # ------------------------------------------------------------------
     # Helpers
 
-    def _merge_at_index(self, i: int) -> Segment[V] | None:
-        sd = self._sd
-        keys = self._keys
-        if i < 0 or i + 1 >= len(sd):
+    # The sorted order of segment starts is kept by the SortedList inside the
+    # SortedDict. Positional indexing of a SortedList is several times slower
+    # than a bisect, so the neighbours of a key are found from its two internal
+    # lists: ``_maxes`` (the largest key of each sublist) and ``_lists`` (the
+    # sorted sublists). These have been the structure of sortedcontainers
+    # since its first release; the dependency is pinned below version 3.
+
+    def _floor(self, key: int) -> int | None:
+        """The largest segment start ``<= key``, or ``None``."""
+        sl = self._keys
+        maxes = sl._maxes
+        if not maxes:
             return None
-        s1 = keys[i]
+        pos = bisect_right(maxes, key)
+        if pos == len(maxes):
+            return maxes[-1]  # type: ignore[no-any-return]
+        sub = sl._lists[pos]
+        j = bisect_right(sub, key)
+        if j:
+            return sub[j - 1]  # type: ignore[no-any-return]
+        return maxes[pos - 1] if pos else None
+
+    def _higher(self, key: int) -> int | None:
+        """The smallest segment start ``> key``, or ``None``."""
+        sl = self._keys
+        maxes = sl._maxes
+        pos = bisect_right(maxes, key)
+        if pos == len(maxes):
+            return None
+        sub = sl._lists[pos]
+        return sub[bisect_right(sub, key)]  # type: ignore[no-any-return]
+
+    def _lower(self, key: int) -> int | None:
+        """The largest segment start ``< key``, or ``None``."""
+        return self._floor(key - 1)
+
+    def _last_key(self) -> int | None:
+        maxes = self._keys._maxes
+        return maxes[-1] if maxes else None
+
+    def _first_overlapping(self, start: int) -> int:
+        """The start of the segment containing ``start``, else ``start`` itself."""
+        s = self._floor(start)
+        if s is not None and self._sd[s][0] > start:
+            return s
+        return start
+
+    def _merge_next_key(self, s1: int) -> Segment[V] | None:
+        """Merge the segment starting at ``s1`` with its successor if possible."""
+        sd = self._sd
+        s2 = self._higher(s1)
+        if s2 is None:
+            return None
         e1, v1 = sd[s1]
-        s2 = keys[i + 1]
         if e1 != s2:
             return None
         e2, v2 = sd[s2]
@@ -834,23 +889,25 @@ class SegmentMap(Generic[V]):
         sd[s1] = (e2, mv)
         return Segment(s1, e2, mv)
 
-    def _gap_after_index(self, i: int) -> Gap:
-        """The gap between segment ``i`` and segment ``i + 1`` (-1: before all)."""
-        sd = self._sd
-        keys = self._keys
-        start = self._min_key if i < 0 else sd[keys[i]][0]
-        end = keys[i + 1] if i + 1 < len(sd) else self._max_key
-        return Gap(start, end)
+    def _gap_after(self, s: int | None) -> Gap:
+        """The gap after the segment starting at ``s`` (``None``: before all)."""
+        if s is None:
+            start = self._min_key
+            nxt = self._higher(-1)
+        else:
+            start = self._sd[s][0]
+            nxt = self._higher(s)
+        return Gap(start, self._max_key if nxt is None else nxt)
 
-    def _index_of(self, seg: Segment[V]) -> int:
+    def _check_current(self, seg: Segment[V]) -> None:
         cur = self._sd.get(seg.start)
         if cur is None or cur[0] != seg.end:
             raise ValueError(
                 f"[{seg.start:#x}, {seg.end:#x}) is not a current segment of the map"
             )
-        return self._sd.index(seg.start)
 
     def _check_key(self, key: int, *, allow_max: bool = False) -> None:
+        _check_int("key", key)
         hi = self._max_key if allow_max else self._max_key - 1
         if not self._min_key <= key <= hi:
             raise ValueError(
@@ -858,6 +915,8 @@ class SegmentMap(Generic[V]):
             )
 
     def _check_range(self, start: int, end: int, *, allow_empty: bool) -> None:
+        _check_int("start", start)
+        _check_int("end", end)
         if not self._min_key <= start <= end <= self._max_key:
             raise ValueError(
                 f"[{start:#x}, {end:#x}) is not a range within "
@@ -866,24 +925,24 @@ class SegmentMap(Generic[V]):
         if not allow_empty and start == end:
             raise ValueError(f"empty range [{start:#x}, {end:#x})")
 
-    def _check_insertable(self, start: int, end: int) -> int:
-        """Validate an insertion; return the index of the segment before it."""
-        for name, k in (("start", start), ("end", end)):
-            if not is_int(k):
-                raise TypeError(f"{name} must be an int, got {k!r}")
+    def _check_insertable(self, start: int, end: int) -> tuple[int | None, int | None]:
+        """Validate an insertion; return the starts of its two neighbours."""
         self._check_range(start, end, allow_empty=False)
         sd = self._sd
-        i = sd.bisect_right(start) - 1
-        if i >= 0:
-            ps = self._keys[i]
-            if sd[ps][0] > start:
-                raise ValueError(
-                    f"[{start:#x}, {end:#x}) overlaps segment [{ps:#x}, {sd[ps][0]:#x})"
-                )
-        if i + 1 < len(sd):
-            ns = self._keys[i + 1]
-            if ns < end:
-                raise ValueError(
-                    f"[{start:#x}, {end:#x}) overlaps segment [{ns:#x}, {sd[ns][0]:#x})"
-                )
-        return i
+        ps = self._floor(start)
+        if ps is not None and sd[ps][0] > start:
+            raise ValueError(
+                f"[{start:#x}, {end:#x}) overlaps segment [{ps:#x}, {sd[ps][0]:#x})"
+            )
+        ns = self._higher(start)
+        if ns is not None and ns < end:
+            raise ValueError(
+                f"[{start:#x}, {end:#x}) overlaps segment [{ns:#x}, {sd[ns][0]:#x})"
+            )
+        return ps, ns
+
+
+def _check_int(name: str, k: object) -> None:
+    """Raise ``TypeError`` unless ``k`` is an int (and not a bool)."""
+    if not is_int(k):
+        raise TypeError(f"{name} must be an int, got {k!r}")

@@ -178,7 +178,9 @@ def render_table(rows: list[BenchRow], out: TextIO) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="aiomemmap bench (medians; ratio > 1 means we beat the baseline)")
+    table = Table(
+        title="aiomemmap bench (medians; ratio > 1 means we beat the baseline)"
+    )
     for col in ("id", "what", "ours", "baseline", "ratio", "target", "met"):
         table.add_column(col, justify="right" if col in ("ours", "ratio") else "left")
     for r in rows:
