@@ -58,6 +58,7 @@ from aiomemmap._pages import page_round_up as page_round_up
 from aiomemmap._ranges import AddrRange as AddrRange
 from aiomemmap._ranges import FileRange as FileRange
 from aiomemmap._ranges import MappableRange as MappableRange
+from aiomemmap._shared_memory import SharedMemory as SharedMemory
 
 __version__ = "0.1.0.dev0"
 
@@ -95,6 +96,7 @@ __all__ = [
     "OrderedRWLock",
     "OutOfMemoryError",
     "RefCountError",
+    "SharedMemory",
     "TranslateResult",
     "Translation",
     "check_translate_result",
