@@ -16,6 +16,13 @@ The public API, by layer (each layer builds only on the ones before it):
 from __future__ import annotations
 
 from aiomemmap._access import AccessType as AccessType
+from aiomemmap._backing import Backing as Backing
+from aiomemmap._backing import BytesBacking as BytesBacking
+from aiomemmap._backing import FaultInjectingBacking as FaultInjectingBacking
+from aiomemmap._backing import FsspecBacking as FsspecBacking
+from aiomemmap._backing import LocalFileBacking as LocalFileBacking
+from aiomemmap._backing import RetryPolicy as RetryPolicy
+from aiomemmap._backing import open_backing as open_backing
 from aiomemmap._blockseq import BlockSeq as BlockSeq
 from aiomemmap._blockseq import copy_seq as copy_seq
 from aiomemmap._blockseq import zero_seq as zero_seq
@@ -71,14 +78,19 @@ __all__ = [
     "AddressSpaceError",
     "AiomemmapError",
     "AlignmentError",
+    "Backing",
     "BlockSeq",
     "BusError",
     "BusStatistics",
+    "BytesBacking",
     "ClosedError",
+    "FaultInjectingBacking",
     "File",
     "FileRange",
+    "FsspecBacking",
     "InvalidateOpts",
     "InvalidationBus",
+    "LocalFileBacking",
     "LockOrderError",
     "LockRank",
     "MLockMode",
@@ -96,6 +108,7 @@ __all__ = [
     "OrderedRWLock",
     "OutOfMemoryError",
     "RefCountError",
+    "RetryPolicy",
     "SharedMemory",
     "TranslateResult",
     "Translation",
@@ -103,6 +116,7 @@ __all__ = [
     "copy_seq",
     "is_debug",
     "is_page_aligned",
+    "open_backing",
     "page_round_down",
     "page_round_up",
     "set_debug",
