@@ -28,6 +28,8 @@ from aiomemmap._blockseq import copy_seq as copy_seq
 from aiomemmap._blockseq import zero_seq as zero_seq
 from aiomemmap._bus import BusStatistics as BusStatistics
 from aiomemmap._bus import InvalidationBus as InvalidationBus
+from aiomemmap._cached_file import CachedFile as CachedFile
+from aiomemmap._cached_file import CacheStatistics as CacheStatistics
 from aiomemmap._debug import is_debug as is_debug
 from aiomemmap._debug import set_debug as set_debug
 from aiomemmap._errors import AccessDeniedError as AccessDeniedError
@@ -65,6 +67,10 @@ from aiomemmap._pages import page_round_up as page_round_up
 from aiomemmap._ranges import AddrRange as AddrRange
 from aiomemmap._ranges import FileRange as FileRange
 from aiomemmap._ranges import MappableRange as MappableRange
+from aiomemmap._readahead import AdaptiveReadahead as AdaptiveReadahead
+from aiomemmap._readahead import FixedReadahead as FixedReadahead
+from aiomemmap._readahead import NoReadahead as NoReadahead
+from aiomemmap._readahead import ReadaheadHint as ReadaheadHint
 from aiomemmap._shared_memory import SharedMemory as SharedMemory
 
 __version__ = "0.1.0.dev0"
@@ -74,6 +80,7 @@ __all__ = [
     "PAGE_SIZE",
     "AccessDeniedError",
     "AccessType",
+    "AdaptiveReadahead",
     "AddrRange",
     "AddressSpaceError",
     "AiomemmapError",
@@ -83,10 +90,13 @@ __all__ = [
     "BusError",
     "BusStatistics",
     "BytesBacking",
+    "CacheStatistics",
+    "CachedFile",
     "ClosedError",
     "FaultInjectingBacking",
     "File",
     "FileRange",
+    "FixedReadahead",
     "FsspecBacking",
     "InvalidateOpts",
     "InvalidationBus",
@@ -104,9 +114,11 @@ __all__ = [
     "MemoryFile",
     "MemoryFileStatistics",
     "MemoryKind",
+    "NoReadahead",
     "OrderedLock",
     "OrderedRWLock",
     "OutOfMemoryError",
+    "ReadaheadHint",
     "RefCountError",
     "RetryPolicy",
     "SharedMemory",

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import fsspec
 import pytest
 
+from aiomemmap._backing import Backing, BytesBacking, FsspecBacking, LocalFileBacking
+from aiomemmap._cached_file import CachedFile
 from aiomemmap._memfile import MemoryFile
 from aiomemmap._shared_memory import SharedMemory
 from tests.mappable_contract import CONTRACT_CHECKS, Cleanup, Factory
@@ -25,8 +28,54 @@ async def make_shared_memory(
     return sm, mf, sm.aclose
 
 
+def cached_file_factory(
+    make_backing: Callable[[bytes], Backing],
+) -> Factory:
+    """A factory of CachedFiles over the backings ``make_backing`` builds."""
+
+    async def make(
+        size: int, contents: bytes
+    ) -> tuple[CachedFile, MemoryFile, Cleanup]:
+        mf = MemoryFile("contract", chunk_size=2 * 1024 * 1024)
+        backing = make_backing(contents)
+        cf = CachedFile(backing, mf, writable=True)
+        await cf.truncate(size)
+
+        async def cleanup() -> None:
+            await cf.aclose()
+            await backing.aclose()
+
+        return cf, mf, cleanup
+
+    return make
+
+
+def _local_file(contents: bytes) -> Backing:
+    import os
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="aiomemmap-contract-")
+    os.write(fd, contents)
+    os.close(fd)
+    backing = LocalFileBacking(path, writable=True)
+    os.unlink(path)  # the backing keeps its descriptor
+    return backing
+
+
+def _memory_fs(contents: bytes) -> Backing:
+    import uuid
+
+    fs = fsspec.filesystem("memory")
+    path = f"/contract/{uuid.uuid4().hex}"
+    fs.pipe_file(path, contents)
+    return FsspecBacking(fs, path)
+
+
 FACTORIES: dict[str, Factory] = {
     "shared_memory": make_shared_memory,
+    "cached_file_bytes": cached_file_factory(BytesBacking),
+    "cached_file_local": cached_file_factory(_local_file),
+    "cached_file_fsspec_memory": cached_file_factory(_memory_fs),
 }
 
 

@@ -47,10 +47,29 @@ FOUNDATION = [
 ]
 
 
-def test_public_api_exports_every_foundation_name():
-    missing = [n for n in FOUNDATION if not hasattr(aiomemmap, n)]
+MAPPABLES = [
+    "Backing",
+    "BytesBacking",
+    "LocalFileBacking",
+    "FsspecBacking",
+    "open_backing",
+    "FaultInjectingBacking",
+    "SharedMemory",
+    "CachedFile",
+    "NoReadahead",
+    "FixedReadahead",
+    "AdaptiveReadahead",
+    "CacheStatistics",
+]
+
+
+@pytest.mark.parametrize(
+    "names", [FOUNDATION, MAPPABLES], ids=["foundation", "mappables"]
+)
+def test_public_api_exports_every_layer_name(names):
+    missing = [n for n in names if not hasattr(aiomemmap, n)]
     assert missing == []
-    assert set(FOUNDATION) <= set(aiomemmap.__all__)
+    assert set(names) <= set(aiomemmap.__all__)
 
 
 def test_public_api_all_is_sorted_complete_and_public():

@@ -76,7 +76,7 @@ def register(ids: str) -> Callable[[Benchmark], Benchmark]:
 
 def registered() -> dict[str, Benchmark]:
     """Return the registered benchmarks, keyed by their comma-separated row ids."""
-    from aiomemmap.bench import _micro  # noqa: F401  (registers on import)
+    from aiomemmap.bench import _micro, _remote  # noqa: F401  (register on import)
 
     return dict(_REGISTRY)
 
@@ -128,7 +128,7 @@ async def measure_async_rate(
 
 
 def _selected(ids: str, only: set[str] | None) -> bool:
-    return only is None or bool(set(ids.split(",")) & only)
+    return only is None or bool({i.upper() for i in ids.split(",")} & only)
 
 
 def run_benchmarks(only: Iterable[str] | None = None) -> list[BenchRow]:
@@ -142,7 +142,7 @@ def run_benchmarks(only: Iterable[str] | None = None) -> list[BenchRow]:
     wanted = None if only is None else {s.strip().upper() for s in only if s.strip()}
     benches = registered()
     if wanted is not None:
-        known = {i for ids in benches for i in ids.split(",")}
+        known = {i.upper() for ids in benches for i in ids.split(",")}
         unknown = wanted - known
         if unknown:
             raise ValueError(
@@ -154,7 +154,7 @@ def run_benchmarks(only: Iterable[str] | None = None) -> list[BenchRow]:
         for ids, bench in benches.items():
             if _selected(ids, wanted):
                 rows.extend(
-                    r for r in await bench() if wanted is None or r.id in wanted
+                    r for r in await bench() if wanted is None or r.id.upper() in wanted
                 )
         return rows
 
