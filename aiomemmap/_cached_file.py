@@ -33,6 +33,7 @@ background fetch tasks, one per page range:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 from collections.abc import Coroutine
@@ -116,8 +117,8 @@ class CacheStatistics:
             slot or reading).
         resident_bytes: Bytes of present pages.
         dirty_bytes: Bytes of offsets newer in the cache than in the backing.
-        evictions: Page ranges evicted under a cache budget (always 0 for
-            now: eviction is not implemented yet).
+        evictions: Pages of this file evicted under the memory file's
+            ``cache_limit`` (counted when revoked from the cache).
 
     Concurrency:
         Immutable.
@@ -169,6 +170,59 @@ async def _uncancellable(coro: Coroutine[Any, Any, T]) -> T:
         _consume(task)
         raise cancelled
     return task.result()
+
+
+def _subtract(
+    start: int, end: int, holes: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Return the parts of ``[start, end)`` outside every range of ``holes``."""
+    out: list[tuple[int, int]] = []
+    pos = start
+    for a, b in sorted(holes):
+        if b <= pos or a >= end:
+            continue
+        if a > pos:
+            out.append((pos, a))
+        pos = max(pos, b)
+        if pos >= end:
+            break
+    if pos < end:
+        out.append((pos, end))
+    return out
+
+
+async def _reserve_cache(mf: MemoryFile, length: int) -> None:
+    """Make room in ``mf``'s cache budget for ``length`` bytes; reserve them.
+
+    Evicts the least recently used evictable ranges, of any cached file
+    sharing ``mf``, until the reservation is granted. Each registered range
+    is tried at most about once per call; if the budget still does not
+    allow it (everything left is dirty and unwritable right now, pinned by
+    a waiting access, or the registry is empty because the rest is being
+    fetched), the reservation is forced: the cache then exceeds the limit by
+    at most this fetch, rather than waiting for room that may never come.
+
+    The caller must release the reservation with
+    ``mf.release_cache_reservation(length)`` once the pages are allocated.
+
+    Locking:
+        Called from fetch tasks, which hold no lock; may take the
+        ``MAPPABLE`` lock of a cached file that is not locked, to write its
+        dirty pages back, and never waits for one that is.
+
+    Cancellation:
+        Nothing is reserved unless the call returns.
+    """
+    tries = mf.evictable_count()
+    while not mf.try_reserve_cache(length):
+        victim = mf.pop_evictable() if tries > 0 else None
+        if victim is None:
+            mf.force_reserve_cache(length)
+            return
+        tries -= 1
+        user, start, end = victim
+        if isinstance(user, CachedFile):
+            await user._evict(start, end)
 
 
 @final
@@ -291,6 +345,40 @@ class CachedFile:
           takes only ``ACTIVE``), and it is never taken by :meth:`translate`,
           which runs under an address space's ``ACTIVE`` lock.
 
+        Cache budget. When ``memory_file`` has a ``cache_limit``, cached
+        pages are evicted least recently used first, across every cached
+        file of that memory file:
+
+        * Unit: the pages one fetch inserted (at most ``max_fetch_bytes``),
+          kept in ``_units`` and registered with the memory file's registry
+          of evictable ranges. A hit (read or translate) makes the units it
+          touches the most recently used. Parts of a unit that outlive an
+          eviction or a truncation become units of their own.
+        * Who evicts: a fetch, before allocating its pages, reserves room
+          with :func:`_reserve_cache`, which pops victims and calls
+          :meth:`_evict` on their owners until the reservation is granted.
+        * What goes: the cached, clean pages of the victim that no access in
+          progress is waiting for (``_pins``: the required ranges of every
+          :meth:`_populate` call). Dirty pages are first written back, but
+          only if this file's lock is free right now (it is taken, never
+          waited for, since its holder may be waiting for the very fetch
+          that evicts); pages still dirty afterwards (the lock was busy,
+          the backing failed, or they stay writable through a shared
+          mapping) are not evicted. Pages being fetched are not in the cache
+          and so are never evicted.
+        * Protocol, revoke first: in one step without awaiting, the pages
+          leave ``_cache`` (so no translate or read can find them any more)
+          and the memory file counts them as evicting; then every space
+          mapping them is invalidated (``invalidate_private=False``); only
+          then is this file's reference dropped, punching the hole. Pages
+          nobody maps are freed at once; for mapped pages the invalidation
+          and the freeing run in a background task, which the fetch does
+          not wait for: a space may be inside a translate that waits for
+          that very fetch while holding the lock the invalidation needs.
+          Until such a task ends, the memory file's page-cache bytes exceed
+          what the budget counts.
+        * A later access finds a hole and fetches again.
+
         Fetches run in tasks created with ``detached_context()``; they take
         no lock. A fetch that lands after the file was truncated or dropped
         (the generation changed) discards its pages. A fetch never reads
@@ -302,10 +390,13 @@ class CachedFile:
     __slots__ = (
         "__weakref__",
         "_backing",
+        "_budget",
         "_bytes_fetched",
         "_cache",
         "_closed",
         "_dirty",
+        "_evict_tasks",
+        "_evictions",
         "_fetch_tasks",
         "_fetches",
         "_fetches_done",
@@ -318,6 +409,8 @@ class CachedFile:
         "_mf",
         "_misses",
         "_name",
+        "_pin_tokens",
+        "_pins",
         "_policy",
         "_ra",
         "_refs",
@@ -325,6 +418,7 @@ class CachedFile:
         "_size",
         "_size_task",
         "_slots",
+        "_units",
         "_version",
         "_writable",
         "_write_through",
@@ -437,6 +531,13 @@ class CachedFile:
         self._misses = 0
         self._fetches_done = 0
         self._bytes_fetched = 0
+        # The cache budget (see Concurrency); all unused without a limit.
+        self._budget = memory_file.cache_limit is not None
+        self._units: SegmentMap[None] = SegmentMap()
+        self._pins: dict[int, tuple[int, int]] = {}
+        self._pin_tokens = itertools.count()
+        self._evictions = 0
+        self._evict_tasks: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         size = "?" if self._size is None else f"{self._size:#x}"
@@ -529,7 +630,7 @@ class CachedFile:
             fetches_in_flight=len(self._fetch_tasks),
             resident_bytes=self._cache.span(),
             dirty_bytes=self._dirty.span(),
-            evictions=0,
+            evictions=self._evictions,
         )
 
     def is_mapped(self) -> bool:
@@ -548,6 +649,14 @@ class CachedFile:
         for dseg in self._dirty:
             hole = self._cache.first_hole(dseg.start, dseg.end)
             assert hole is None, f"dirty offsets {hole} are not cached"
+        if self._budget:
+            self._units.check_invariants()
+            assert self._units.span() == self._cache.span(), (
+                f"units span {self._units.span():#x}, the cache {self._cache.span():#x}"
+            )
+            for useg in self._units:
+                hole = self._cache.first_hole(useg.start, useg.end)
+                assert hole is None, f"unit offsets {hole} are not cached"
 
     # ------------------------------------------------------------------
     # Lifetime
@@ -610,8 +719,12 @@ class CachedFile:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        if self._evict_tasks:
+            # Evictions of pages revoked earlier: let them free their pages.
+            await asyncio.wait(list(self._evict_tasks))
         dropped = self._cache.remove_all()
         self._dirty.remove_all()
+        self._forget_units()
         try:
             if not self._mappings.is_empty():
                 await self._mappings.invalidate_all(_NO_PRIVATE)
@@ -740,6 +853,9 @@ class CachedFile:
             if fr is not None and fetch.generation == self._generation:
                 self._cache.insert(fetch.start, fetch.end, fr.start)
                 fr = None
+                if self._budget:
+                    self._units.insert(fetch.start, fetch.end, None)
+                    self._mf.mark_evictable(self, fetch.start, fetch.end)
             else:
                 fetch.stale = True
         except asyncio.CancelledError:
@@ -762,7 +878,14 @@ class CachedFile:
             Exception: Allocation or the read failed; nothing is held.
         """
         length = fetch.end - fetch.start
-        fr = self._mf.allocate(length, kind=MemoryKind.PAGE_CACHE)
+        if self._budget:
+            await _reserve_cache(self._mf, length)
+            try:
+                fr = self._mf.allocate(length, kind=MemoryKind.PAGE_CACHE)
+            finally:
+                self._mf.release_cache_reservation(length)
+        else:
+            fr = self._mf.allocate(length, kind=MemoryKind.PAGE_CACHE)
         try:
             valid = max(0, min(fetch.end, fetch.valid_end) - fetch.start)
             if valid:
@@ -806,7 +929,25 @@ class CachedFile:
 
         Cancellation:
             Only the waiting stops; fetches carry on.
+
+        While it waits, ``[start, end)`` is pinned: the cache budget does not
+        evict those pages, so that a large access cannot have its first
+        pages evicted while it waits for the last ones.
         """
+        if not self._budget:
+            await self._populate_unpinned(start, end, wstart, wend, clip=clip)
+            return
+        token = next(self._pin_tokens)
+        self._pins[token] = (start, end)
+        try:
+            await self._populate_unpinned(start, end, wstart, wend, clip=clip)
+        finally:
+            del self._pins[token]
+
+    async def _populate_unpinned(
+        self, start: int, end: int, wstart: int, wend: int, *, clip: bool
+    ) -> None:
+        """:meth:`_populate` without the pin."""
         self._check_open("fetch")
         self._start_fetches(wstart, wend)
         while True:
@@ -834,6 +975,130 @@ class CachedFile:
         present = self._cache.span_range(start, end)
         self._hits += present // PAGE_SIZE
         self._misses += (end - start - present) // PAGE_SIZE
+
+    # ------------------------------------------------------------------
+    # The cache budget (see Concurrency in the class docstring)
+
+    def _touch(self, start: int, end: int) -> None:
+        """Make the units overlapping ``[start, end)`` the most recently used."""
+        if self._budget:
+            mf = self._mf
+            for useg in self._units.segments(start, end):
+                mf.touch_evictable(self, useg.start)
+
+    def _forget_units(self) -> None:
+        """Forget every unit (the whole cache was dropped)."""
+        units = self._units.remove_all()
+        if units and not self._mf.closed:
+            self._mf.forget_evictable(self, [u.start for u in units])
+
+    def _resync_units(self, start: int, end: int) -> None:
+        """Re-cut the units overlapping ``[start, end)`` after pages left the cache.
+
+        Each such unit is replaced by its parts that are still cached, which
+        are registered as the most recently used.
+        """
+        units = list(self._units.segments(start, end))
+        if not units:
+            return
+        mf = self._mf
+        mf.forget_evictable(self, [u.start for u in units])
+        for useg in units:
+            self._units.remove(useg)
+        for useg in units:
+            for cseg in list(self._cache.segments(useg.start, useg.end)):
+                lo, hi = max(cseg.start, useg.start), min(cseg.end, useg.end)
+                self._units.insert_without_merging(lo, hi, None)
+                mf.mark_evictable(self, lo, hi)
+
+    async def _evict(self, start: int, end: int) -> None:
+        """Evict what can go of ``[start, end)``: a range the budget picked.
+
+        Dirty pages are written back first if this file's lock is free right
+        now; then :meth:`_revoke` does the rest. Tolerates any range: what is
+        not cached, or no longer this file's, is ignored.
+
+        Locking:
+            Called holding no lock. Takes ``_lock`` only if it is free.
+
+        Cancellation:
+            Pages not yet written back stay dirty and cached.
+        """
+        if self._closed:
+            return
+        if not self._dirty.is_empty_range(start, end) and not self._lock.locked():
+            await self._lock.acquire()
+            try:
+                if not self._closed:
+                    # A failed write-back leaves the pages dirty: not evicted.
+                    with contextlib.suppress(Exception):
+                        await self._writeback(start, end)
+            finally:
+                self._lock.release()
+        if not self._closed:
+            self._revoke(start, end)
+
+    def _revoke(self, start: int, end: int) -> None:
+        """Take the evictable pages of ``[start, end)`` out of the cache.
+
+        Evictable: cached, clean, and not pinned by a waiting access. Does
+        not await: once it returns, no read or translate can find those
+        pages. Pages no space maps are freed at once; mapped ones after the
+        spaces were invalidated, in a background task.
+        """
+        keep = [(d.start, d.end) for d in self._dirty.segments(start, end)]
+        keep.extend(self._pins.values())
+        pieces: list[tuple[int, int]] = []
+        for useg in self._units.segments(start, end):
+            lo, hi = max(useg.start, start), min(useg.end, end)
+            pieces.extend(_subtract(lo, hi, keep))
+        if not pieces:
+            # Nothing can go now: register the range again.
+            self._resync_units(start, end)
+            return
+        dropped: list[Segment[int]] = []
+        total = 0
+        for a, b in pieces:
+            got = self._cache.remove_range(a, b)
+            dropped.extend(got)
+            total += sum(seg.length for seg in got)
+        self._resync_units(start, end)
+        if not total:
+            return
+        self._evictions += total // PAGE_SIZE
+        self._mf.begin_eviction(total)
+        mapped = [
+            (a, b)
+            for a, b in pieces
+            if not self._mappings.is_empty() and self._is_mapped(a, b)
+        ]
+        if not mapped:
+            self._free_evicted(dropped, total)
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._finish_evict(dropped, mapped, total),
+            name=f"CachedFile eviction [{start:#x}, {end:#x})",
+            context=detached_context(),
+        )
+        self._evict_tasks.add(task)
+        task.add_done_callback(self._evict_tasks.discard)
+        task.add_done_callback(_consume)
+
+    async def _finish_evict(
+        self, dropped: list[Segment[int]], mapped: list[tuple[int, int]], total: int
+    ) -> None:
+        """Invalidate the spaces mapping evicted pages, then free the pages."""
+        try:
+            for a, b in mapped:
+                await self._mappings.invalidate(MappableRange(a, b), _NO_PRIVATE)
+        finally:
+            self._free_evicted(dropped, total)
+
+    def _free_evicted(self, dropped: list[Segment[int]], total: int) -> None:
+        if self._mf.closed:
+            return
+        self._free(dropped)
+        self._mf.end_eviction(total)
 
     # ------------------------------------------------------------------
     # Dirty tracking (gVisor's DirtySet); none of these await.
@@ -1020,6 +1285,8 @@ class CachedFile:
             error = exc if isinstance(exc, BusError) else BusError(exc)
         # From here on nothing awaits: the pages found stay cached.
         translations = self._translations(required, optional, window, at)
+        if translations:
+            self._touch(required.start, translations[-1].source.end)
         end = translations[-1].source.end if translations else required.start
         if error is None and end < required.end:
             error = BusError(EOFError(f"{required} extends past the end of {self!r}"))
@@ -1128,6 +1395,7 @@ class CachedFile:
         end = min(end, self._size)
         if end <= offset:
             return b""
+        self._touch(start_p, page_round_up(end))
         return self._copy_out(offset, end)
 
     def _copy_out(self, start: int, end: int) -> bytes:
@@ -1431,6 +1699,7 @@ class CachedFile:
             new_r, old_r = page_round_up(size), page_round_up(old)
             dropped = self._cache.remove_range(new_r, ADDR_LIMIT)
             self._dirty.remove_range(new_r, ADDR_LIMIT)
+            self._resync_units(new_r, ADDR_LIMIT)
             if size & _PAGE_MASK:
                 tail = self._cache.find(page_round_down(size))
                 if tail is not None:
@@ -1504,6 +1773,7 @@ class CachedFile:
             self._ra.reset()
             dropped = self._cache.remove_all()
             self._dirty.remove_all()
+            self._forget_units()
             await _uncancellable(self._finish_drop(dropped))
             return True
 

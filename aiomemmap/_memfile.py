@@ -32,6 +32,7 @@ import mmap
 import os
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
@@ -186,7 +187,9 @@ class MemoryFileStatistics:
         bytes_by_kind: Used bytes per :class:`MemoryKind`, with every kind
             present (zero if unused); the values add up to ``used_bytes``. A
             read-only mapping.
-        evictions: How many cached page ranges the cache budget has evicted.
+        evictions: How many pages the cache budget has evicted (revoked
+            from a cache to make room; counted when revoked, before their
+            memory is freed).
 
     Concurrency:
         Immutable.
@@ -411,9 +414,10 @@ class MemoryFile:
             chunk is cut short at ``max_size``.
         cache_limit: The budget for :attr:`MemoryKind.PAGE_CACHE` pages, in
             bytes: ``None`` (unlimited) or a positive multiple of
-            ``PAGE_SIZE``. Staying within it is the job of the cache that
-            owns those pages, by evicting its least recently used clean pages;
-            the memory file never refuses an allocation because of it.
+            ``PAGE_SIZE``. Staying within it is the job of the caches that
+            own those pages, by evicting their least recently used clean
+            pages; the memory file never refuses an allocation because of
+            it. See "Cache budget" below.
         chunk_size: How much the file grows at a time: a positive multiple of
             ``HUGE_PAGE_SIZE``, at most 1 TiB. See :data:`DEFAULT_CHUNK_SIZE`
             for why the default is 1 GiB.
@@ -423,6 +427,26 @@ class MemoryFile:
         ValueError: An argument is out of range (``AlignmentError`` when a
             size is not a multiple of the page or huge page size).
         OSError: The host refused to create the memfd.
+
+    Cache budget. The file keeps the books; the caches do the evicting,
+    because evicting awaits (mapping spaces must be invalidated before pages
+    are freed) and this class never awaits. The books are:
+
+    * the page-cache bytes (``bytes_by_kind[PAGE_CACHE]``);
+    * *reserved* bytes: room promised to fetches that have not allocated yet
+      (:meth:`try_reserve_cache`, :meth:`release_cache_reservation`);
+    * *evicting* bytes: pages already revoked from a cache whose memory is
+      freed once the spaces mapping them have dropped them
+      (:meth:`begin_eviction`, :meth:`end_eviction`); the budget counts them
+      as gone;
+    * the registry of evictable ranges, one entry per ``(user, start)``,
+      ordered least recently used first across every user of the file
+      (:meth:`mark_evictable`, :meth:`touch_evictable`,
+      :meth:`mark_unevictable`, :meth:`forget_evictable`,
+      :meth:`pop_evictable`). Popping removes the entry, so two evictors
+      never pick the same range. An entry is a hint: the user decides, when
+      asked to evict it, what of it can really go (and must tolerate ranges
+      that changed meanwhile), as gVisor's ``EvictableMemoryUser`` does.
 
     Invariants:
         * The used pages (``_used``) and the free extents (``_free``) are
@@ -499,6 +523,10 @@ class MemoryFile:
         self._bytes_by_kind: dict[MemoryKind, int] = dict.fromkeys(MemoryKind, 0)
         self._used_bytes = 0
         self._evictions = 0
+        # The cache budget's bookkeeping (see "Cache budget" above).
+        self._cache_reserved = 0
+        self._cache_evicting = 0
+        self._evictable: OrderedDict[tuple[object, int], int] = OrderedDict()
 
     # ------------------------------------------------------------------
     # Properties and lifetime
@@ -583,6 +611,7 @@ class MemoryFile:
             self._fd = -1
             self._used.remove_all()
             self._free.clear()
+            self._evictable.clear()
 
     def __enter__(self) -> MemoryFile:
         with self._lock:
@@ -882,6 +911,187 @@ class MemoryFile:
         return BlockSeq(blocks)
 
     # ------------------------------------------------------------------
+    # Cache budget (the books only; see the class docstring)
+
+    def try_reserve_cache(self, length: int) -> bool:
+        """Reserve room for ``length`` bytes of page cache if the budget allows.
+
+        Granted when there is no ``cache_limit``, or when the page-cache
+        bytes, minus those being evicted, plus every reservation outstanding,
+        plus ``length`` fit in it. A granted reservation must be released
+        with :meth:`release_cache_reservation` once the pages are allocated
+        (or not needed).
+
+        Raises:
+            ValueError: ``length`` is negative.
+
+        Locking:
+            Takes the file's lock briefly.
+        """
+        if length < 0:
+            raise ValueError(f"try_reserve_cache: length must be >= 0, got {length}")
+        with self._lock:
+            limit = self._cache_limit
+            if limit is not None:
+                want = (
+                    self._bytes_by_kind[MemoryKind.PAGE_CACHE]
+                    - self._cache_evicting
+                    + self._cache_reserved
+                    + length
+                )
+                if want > limit:
+                    return False
+            self._cache_reserved += length
+            return True
+
+    def force_reserve_cache(self, length: int) -> None:
+        """Reserve room for ``length`` bytes even past the budget.
+
+        For a fetch that found nothing left to evict: the cache then exceeds
+        the limit by at most that fetch until pages are freed.
+
+        Locking:
+            Takes the file's lock briefly.
+        """
+        if length < 0:
+            raise ValueError(f"force_reserve_cache: length must be >= 0, got {length}")
+        with self._lock:
+            self._cache_reserved += length
+
+    def release_cache_reservation(self, length: int) -> None:
+        """Give back a reservation made by :meth:`try_reserve_cache`.
+
+        Raises:
+            ValueError: More is released than is reserved.
+
+        Locking:
+            Takes the file's lock briefly.
+        """
+        with self._lock:
+            if not 0 <= length <= self._cache_reserved:
+                raise ValueError(
+                    f"release_cache_reservation: {length} bytes, but "
+                    f"{self._cache_reserved} are reserved"
+                )
+            self._cache_reserved -= length
+
+    def cache_over_budget(self) -> int:
+        """Return how many bytes the page cache would have to shed to fit.
+
+        Counts as :meth:`try_reserve_cache` does (evicting bytes as gone,
+        reservations as used); 0 without a limit or when within it.
+
+        Locking:
+            Takes the file's lock briefly.
+        """
+        with self._lock:
+            limit = self._cache_limit
+            if limit is None:
+                return 0
+            used = (
+                self._bytes_by_kind[MemoryKind.PAGE_CACHE]
+                - self._cache_evicting
+                + self._cache_reserved
+            )
+            return max(0, used - limit)
+
+    def begin_eviction(self, length: int) -> None:
+        """Record that a cache revoked ``length`` bytes of its pages to evict them.
+
+        Counts the pages in ``evictions`` and treats the bytes as gone for the
+        budget until :meth:`end_eviction`, called once the pages' references
+        are dropped.
+
+        Locking:
+            Takes the file's lock briefly.
+        """
+        if length < 0 or length & _PAGE_MASK:
+            raise ValueError(f"begin_eviction: bad length {length}")
+        with self._lock:
+            self._cache_evicting += length
+            self._evictions += length >> _PAGE_SHIFT
+
+    def end_eviction(self, length: int) -> None:
+        """Record that ``length`` bytes revoked by :meth:`begin_eviction` are freed.
+
+        Locking:
+            Takes the file's lock briefly.
+        """
+        with self._lock:
+            if not 0 <= length <= self._cache_evicting:
+                raise ValueError(
+                    f"end_eviction: {length} bytes, but {self._cache_evicting} "
+                    "are being evicted"
+                )
+            self._cache_evicting -= length
+
+    def mark_evictable(self, user: object, start: int, end: int) -> None:
+        """Register ``[start, end)`` of ``user`` as evictable, most recently used.
+
+        Registering an existing ``(user, start)`` again replaces its end and
+        makes it the most recently used.
+
+        Locking:
+            Takes the file's lock briefly.
+        """
+        if not 0 <= start < end:
+            raise ValueError(f"mark_evictable: bad range [{start:#x}, {end:#x})")
+        with self._lock:
+            key = (user, start)
+            self._evictable[key] = end
+            self._evictable.move_to_end(key)
+
+    def touch_evictable(self, user: object, start: int) -> None:
+        """Make the range of ``user`` starting at ``start`` the most recently used.
+
+        Does nothing if no such range is registered.
+
+        Locking:
+            Takes the file's lock briefly.
+        """
+        with self._lock, contextlib.suppress(KeyError):
+            self._evictable.move_to_end((user, start))
+
+    def mark_unevictable(self, user: object, start: int) -> None:
+        """Forget the range of ``user`` starting at ``start``, if registered.
+
+        Locking:
+            Takes the file's lock briefly.
+        """
+        with self._lock:
+            self._evictable.pop((user, start), None)
+
+    def forget_evictable(self, user: object, starts: Iterable[int]) -> None:
+        """Forget the ranges of ``user`` that start at ``starts``.
+
+        Locking:
+            Takes the file's lock once.
+        """
+        with self._lock:
+            pop = self._evictable.pop
+            for start in starts:
+                pop((user, start), None)
+
+    def pop_evictable(self) -> tuple[object, int, int] | None:
+        """Remove and return the least recently used range: ``(user, start, end)``.
+
+        ``None`` when nothing is registered.
+
+        Locking:
+            Takes the file's lock briefly.
+        """
+        with self._lock:
+            if not self._evictable:
+                return None
+            (user, start), end = self._evictable.popitem(last=False)
+            return user, start, end
+
+    def evictable_count(self) -> int:
+        """Return how many evictable ranges are registered."""
+        with self._lock:
+            return len(self._evictable)
+
+    # ------------------------------------------------------------------
     # Statistics and checks
 
     def statistics(self) -> MemoryFileStatistics:
@@ -986,12 +1196,11 @@ class MemoryFile:
         cache within ``cache_limit`` takes the cache that owns the pages:
         evicting a page means revoking every mapping of it first (outside
         this lock, since that awaits), writing it back if it is dirty, and
-        only then dropping its reference. The budget check belongs here:
-        compare ``_bytes_by_kind[PAGE_CACHE] + length`` with ``cache_limit``
-        and have the least recently used clean pages evicted before these are
-        taken, counting ``_evictions``. With no evictor registered, cached
-        pages are allocated like any other kind and the limit is not
-        enforced.
+        only then dropping its reference. That happens before this call:
+        the cache first makes room with :meth:`try_reserve_cache` (evicting
+        :meth:`pop_evictable` ranges until the reservation is granted), then
+        allocates here, then releases the reservation. So this method itself
+        never refuses or waits because of the budget.
         """
         return self._allocate_locked(length, MemoryKind.PAGE_CACHE)
 

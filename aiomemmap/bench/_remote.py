@@ -1,4 +1,4 @@
-"""Benchmarks of lazily paged remote files (rows P3, P4, P7).
+"""Benchmarks of lazily paged remote files (rows P3, P4, P6, P7).
 
 Every row runs against a :class:`~aiomemmap._http_server.RangeHTTPServer` on
 127.0.0.1 with an injected per-request latency, and measures its baselines
@@ -22,9 +22,10 @@ from aiomemmap._access import AccessType
 from aiomemmap._backing import FaultInjectingBacking, open_backing
 from aiomemmap._cached_file import CachedFile
 from aiomemmap._http_server import RangeHTTPServer
-from aiomemmap._memfile import MemoryFile
+from aiomemmap._memfile import MemoryFile, MemoryKind
 from aiomemmap._pages import PAGE_SIZE
 from aiomemmap._ranges import MappableRange
+from aiomemmap._readahead import DEFAULT_MAXIMUM_WINDOW
 from aiomemmap.bench import BenchRow, register
 
 _SEED = 20261125
@@ -34,6 +35,8 @@ _MIB = 1 << 20
 SCAN_BYTES = int(os.environ.get("AIOMEMMAP_BENCH_SCAN_BYTES", 256 * _MIB))
 RANDOM_READS = int(os.environ.get("AIOMEMMAP_BENCH_RANDOM_READS", 2048))
 RANDOM_FILE_BYTES = int(os.environ.get("AIOMEMMAP_BENCH_RANDOM_FILE_BYTES", 256 * _MIB))
+BUDGET_SCAN_BYTES = int(os.environ.get("AIOMEMMAP_BENCH_BUDGET_SCAN_BYTES", 1 << 30))
+BUDGET_LIMIT = int(os.environ.get("AIOMEMMAP_BENCH_BUDGET_LIMIT", 64 * _MIB))
 LATENCY = 0.002
 READERS = 16
 
@@ -254,6 +257,72 @@ async def random_reads() -> list[BenchRow]:
             target="<= 4x",
             met=amplification <= 4.0,
         ),
+    ]
+
+
+def _stamped_block(index: int, block: bytes) -> bytes:
+    """``block`` with its first 8 bytes replaced by ``index``."""
+    return index.to_bytes(8, "little") + block[8:]
+
+
+def _stamped_payload(size: int) -> tuple[bytes, bytes]:
+    """A cheap large payload: one seeded 1 MiB block, repeated, each stamped.
+
+    Returns:
+        ``(payload, block)``; MiB ``i`` of the payload is
+        ``_stamped_block(i, block)`` (cut short at the end).
+    """
+    block = random.Random(_SEED).randbytes(_MIB)
+    whole, rest = divmod(size, _MIB)
+    parts = [_stamped_block(i, block) for i in range(whole)]
+    if rest:
+        parts.append(_stamped_block(whole, block)[:rest])
+    return b"".join(parts), block
+
+
+@register("P6")
+async def budget_scan() -> list[BenchRow]:
+    """P6: a sequential scan under a cache budget stays within it."""
+    size = BUDGET_SCAN_BYTES
+    limit = BUDGET_LIMIT
+    window = DEFAULT_MAXIMUM_WINDOW
+    data, block = _stamped_payload(size)
+    peak = 0
+    async with RangeHTTPServer(latency=LATENCY) as srv:
+        srv.add("budget.bin", data)
+        del data
+        with MemoryFile("bench-p6", cache_limit=limit) as mf:
+            backing = open_backing(srv.url("budget.bin"))
+            cf = CachedFile(backing, mf)
+            try:
+                off = 0
+                while off < size:
+                    chunk = await cf.read(off, _MIB)
+                    if not chunk:
+                        raise RuntimeError(f"P6: the scan stopped at {off:#x}")
+                    want = _stamped_block(off // _MIB, block)[: len(chunk)]
+                    if chunk != want:
+                        raise RuntimeError(f"P6: wrong bytes at {off:#x}")
+                    off += len(chunk)
+                    cached = mf.statistics().bytes_by_kind[MemoryKind.PAGE_CACHE]
+                    peak = max(peak, cf.statistics().resident_bytes, cached)
+            finally:
+                await cf.aclose()
+                await backing.aclose()
+    bound = limit + window
+    return [
+        BenchRow(
+            "P6",
+            f"{size // _MIB} MiB scan with cache_limit {limit // _MIB} MiB: "
+            "peak resident cache",
+            "MiB",
+            peak / _MIB,
+            bound / _MIB,
+            f"the limit plus one readahead window ({window // _MIB} MiB)",
+            bound / peak if peak else float("inf"),
+            target="peak <= limit + window",
+            met=peak <= bound,
+        )
     ]
 
 
