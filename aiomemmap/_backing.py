@@ -20,7 +20,7 @@ import random
 import stat
 import typing
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, TypeVar
 
@@ -38,6 +38,7 @@ __all__ = [
     "FsspecBacking",
     "LocalFileBacking",
     "RetryPolicy",
+    "call_with_retry",
     "is_transient",
     "open_backing",
     "read_fully",
@@ -310,6 +311,44 @@ class RetryPolicy:
 
 
 _DEFAULT_RETRY: Final[RetryPolicy] = RetryPolicy()
+
+
+async def call_with_retry(
+    fn: Callable[[], Awaitable[_T]], *, retry: RetryPolicy | None = None
+) -> _T:
+    """Await ``fn()``, retrying transient errors as :func:`read_fully` does.
+
+    For a backing's questions that are not reads (``size()``, ``version()``):
+    a transient failure (see :func:`is_transient`) is retried with the
+    policy's backoff; any other error, or the last transient one once
+    ``retry.attempts`` calls in a row failed, propagates.
+
+    Args:
+        fn: Makes one attempt; called again for each retry.
+        retry: The retry policy; ``None`` means ``RetryPolicy()``.
+
+    Raises:
+        TypeError: ``retry`` is not a ``RetryPolicy`` or ``None``.
+        Exception: What the last attempt raised.
+
+    Cancellation:
+        Propagates at once, from the call or the backoff sleep; it is never
+        retried.
+    """
+    policy = _DEFAULT_RETRY if retry is None else retry
+    if not isinstance(policy, RetryPolicy):
+        raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
+    failures = 0
+    while True:
+        try:
+            return await fn()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            failures += 1
+            if failures >= policy.attempts:
+                raise
+        await asyncio.sleep(policy.backoff(failures))
 
 
 def _is_number(x: object) -> bool:

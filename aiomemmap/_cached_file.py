@@ -42,7 +42,7 @@ from types import TracebackType
 from typing import Any, Final, TypeVar, final
 
 from aiomemmap._access import AccessType
-from aiomemmap._backing import Backing, RetryPolicy, read_fully
+from aiomemmap._backing import Backing, RetryPolicy, call_with_retry, read_fully
 from aiomemmap._blockseq import BlockSeq, copy_seq, zero_seq
 from aiomemmap._debug import is_debug
 from aiomemmap._errors import AlignmentError, BusError, ClosedError, RefCountError
@@ -300,8 +300,9 @@ class CachedFile:
         writable: Whether :meth:`write`, :meth:`truncate` and writable shared
             mappings are allowed. Requires a backing that is not read-only.
         name: The name shown for mappings of the file (``/proc/pid/maps``).
-        retry: How transient read errors are retried; ``None`` uses the
-            default :class:`~aiomemmap._backing.RetryPolicy`.
+        retry: How transient backing errors are retried: those of reads and
+            of the first questions for the size and version; ``None`` uses
+            the default :class:`~aiomemmap._backing.RetryPolicy`.
         max_fetch_bytes: The most one fetch reads: a positive multiple of
             ``PAGE_SIZE``.
         max_fetches_in_flight: How many fetches may read at once: positive.
@@ -780,8 +781,9 @@ class CachedFile:
         generation = self._generation
         try:
             # The version first: a change after it is then seen as a change.
-            version = await self._backing.version()
-            size = await self._backing.size()
+            backing, retry = self._backing, self._retry
+            version = await call_with_retry(backing.version, retry=retry)
+            size = await call_with_retry(backing.size, retry=retry)
         finally:
             self._size_task = None
         if not is_int(size) or size < 0:

@@ -762,3 +762,37 @@ def test_open_backing_bad_urls(url: str) -> None:
 def test_open_backing_type_error() -> None:
     with pytest.raises(TypeError):
         open_backing(42)  # type: ignore[arg-type]
+
+
+async def test_call_with_retry_retries_transient_then_gives_up():
+    from aiomemmap._backing import RetryPolicy, call_with_retry
+
+    calls = []
+
+    async def flaky() -> int:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionResetError("reset")
+        return 42
+
+    policy = RetryPolicy(attempts=3, initial_backoff=0.0, max_backoff=0.0)
+    assert await call_with_retry(flaky, retry=policy) == 42
+    assert len(calls) == 3
+
+    calls.clear()
+    with pytest.raises(ConnectionResetError):
+        await call_with_retry(
+            flaky, retry=RetryPolicy(attempts=2, initial_backoff=0.0, max_backoff=0.0)
+        )
+    assert len(calls) == 2
+
+    async def missing() -> int:
+        calls.append(1)
+        raise FileNotFoundError("gone")
+
+    calls.clear()
+    with pytest.raises(FileNotFoundError):
+        await call_with_retry(missing, retry=policy)
+    assert len(calls) == 1
+    with pytest.raises(TypeError, match="retry"):
+        await call_with_retry(flaky, retry=3)  # type: ignore[arg-type]

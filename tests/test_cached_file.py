@@ -885,3 +885,49 @@ async def test_cached_file_concurrent_operations_match_model(mf):
     assert inner.data == bytes(model)
     await f.remove_mapping(ms, AddrRange(0x100000, 0x108000), 0, False)
     await closed_and_balanced(f, mf)
+
+
+class FlakyQuestions(GatedBacking):
+    """A backing whose size and version questions fail transiently at first."""
+
+    def __init__(self, data: bytes, failures: int) -> None:
+        super().__init__(data)
+        self.failures = failures
+        self.questions = 0
+
+    def _maybe_fail(self) -> None:
+        self.questions += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionResetError("connection reset by peer")
+
+    async def size(self) -> int:
+        self._maybe_fail()
+        return await super().size()
+
+    async def version(self) -> str | None:
+        self._maybe_fail()
+        return await super().version()
+
+
+async def test_cached_file_retries_transient_size_questions(mf):
+    data = pattern(3 * P)
+    backing = FlakyQuestions(data, failures=3)
+    retry = RetryPolicy(attempts=5, initial_backoff=0.0, max_backoff=0.0)
+    f = CachedFile(backing, mf, retry=retry)
+    assert await f.read(0, 3 * P) == data
+    assert backing.questions == 5  # three failures, then version and size
+    await closed_and_balanced(f, mf)
+
+
+async def test_cached_file_size_question_failing_past_retries_is_bus_error(mf):
+    data = pattern(P)
+    backing = FlakyQuestions(data, failures=2)
+    retry = RetryPolicy(attempts=2, initial_backoff=0.0, max_backoff=0.0)
+    f = CachedFile(backing, mf, retry=retry)
+    with pytest.raises(BusError) as info:
+        await f.read(0, 10)
+    assert isinstance(info.value.err, ConnectionResetError)
+    # The next access asks again, and the backing has recovered.
+    assert await f.read(0, 10) == data[:10]
+    await closed_and_balanced(f, mf)
