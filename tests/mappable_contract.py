@@ -15,8 +15,13 @@ truncate(size)`` and ``is_mapped()`` (whether any mapping is recorded).
 Every check ends by calling ``cleanup()`` and asserting that the memory file
 holds no used page, then closes the memory file.
 
-``tests/test_mappable_contract.py`` runs :data:`CONTRACT_CHECKS` against each
-factory it lists.
+A factory with a true ``read_only`` attribute builds Mappables that cannot be
+written (a cached file over HTTP, say): it is run against
+:data:`READ_ONLY_CHECKS`, in which every mapping is read-only, every access a
+read, and nothing truncates.
+
+``tests/test_mappable_contract.py`` runs :data:`CONTRACT_CHECKS` (or
+:data:`READ_ONLY_CHECKS`) against each factory it lists.
 """
 
 from __future__ import annotations
@@ -79,6 +84,11 @@ def expected_bytes(contents: bytes, start: int, end: int) -> bytes:
     return chunk + bytes(end - start - len(chunk))
 
 
+def writable(make: Factory) -> bool:
+    """Whether the factory's Mappables accept writes."""
+    return not getattr(make, "read_only", False)
+
+
 def round_up(x: int) -> int:
     return -(-x // P) * P
 
@@ -100,8 +110,14 @@ async def check_translate_results_valid_and_correct(make: Factory) -> None:
     ms = RecordingSpace()
     span = 16 * P
     rng = random.Random(7)
+    w = writable(make)
+    accesses = (
+        [AccessType.READ, AccessType.READ_WRITE, AccessType.WRITE]
+        if w
+        else [AccessType.READ, AccessType.READ_EXECUTE]
+    )
     try:
-        await m.add_mapping(ms, AddrRange(0, span), 0, True)
+        await m.add_mapping(ms, AddrRange(0, span), 0, w)
         for _ in range(60):
             a = rng.randrange(0, 15)
             b = rng.randrange(a + 1, 16)
@@ -109,7 +125,7 @@ async def check_translate_results_valid_and_correct(make: Factory) -> None:
             hi = rng.randrange(b, 17)
             required = MappableRange(a * P, b * P)
             optional = MappableRange(lo * P, hi * P)
-            at = rng.choice([AccessType.READ, AccessType.READ_WRITE, AccessType.WRITE])
+            at = rng.choice(accesses)
             ts, err = await m.translate(required, optional, at)
             problem = check_translate_result(required, optional, at, ts, err)
             assert problem is None, (required, optional, at, ts, err, problem)
@@ -123,7 +139,7 @@ async def check_translate_results_valid_and_correct(make: Factory) -> None:
                 got = t.file.map_internal(t.file_range(), AccessType.READ).tobytes()
                 want = expected_bytes(contents, t.source.start, t.source.end)
                 assert got == want, t
-        await m.remove_mapping(ms, AddrRange(0, span), 0, True)
+        await m.remove_mapping(ms, AddrRange(0, span), 0, w)
         assert not m.is_mapped()
     finally:
         await finish(mf, cleanup)
@@ -156,12 +172,16 @@ async def check_mapping_bookkeeping_balances(make: Factory) -> None:
     size = 8 * P
     m, mf, cleanup = await make(size, pattern(size, seed=3))
     a, b = RecordingSpace("a"), RecordingSpace("b")
+    w = writable(make)
+    # With writes, the first two differ only in their writable flag; without,
+    # they differ in their addresses (one triple is one mapping).
+    second = 0x100000 if w else 0x500000
     mappings = [
-        (a, AddrRange(0x100000, 0x100000 + 4 * P), 0, True),
-        (a, AddrRange(0x100000, 0x100000 + 4 * P), 0, False),
-        (a, AddrRange(0x200000, 0x200000 + 2 * P), 3 * P, True),
+        (a, AddrRange(0x100000, 0x100000 + 4 * P), 0, w),
+        (a, AddrRange(second, second + 4 * P), 0, False),
+        (a, AddrRange(0x200000, 0x200000 + 2 * P), 3 * P, w),
         (b, AddrRange(0x100000, 0x100000 + 8 * P), 0, False),
-        (b, AddrRange(0x300000, 0x300000 + P), 7 * P, True),
+        (b, AddrRange(0x300000, 0x300000 + P), 7 * P, w),
     ]
     try:
         assert not m.is_mapped()
@@ -170,9 +190,9 @@ async def check_mapping_bookkeeping_balances(make: Factory) -> None:
             assert m.is_mapped()
         # mremap-style: copy then remove the source.
         src, dst = AddrRange(0x300000, 0x300000 + P), AddrRange(0x400000, 0x400000 + P)
-        await m.copy_mapping(b, src, dst, 7 * P, True)
-        await m.remove_mapping(b, src, 7 * P, True)
-        mappings[-1] = (b, dst, 7 * P, True)
+        await m.copy_mapping(b, src, dst, 7 * P, w)
+        await m.remove_mapping(b, src, 7 * P, w)
+        mappings[-1] = (b, dst, 7 * P, w)
         for ms, ar, off, w in reversed(mappings):
             assert m.is_mapped()
             await m.remove_mapping(ms, ar, off, w)
@@ -243,14 +263,15 @@ async def check_everything_freed_after_close(make: Factory) -> None:
     size = 6 * P
     m, mf, cleanup = await make(size, pattern(size, seed=6))
     ms = RecordingSpace()
+    w = writable(make)
+    at = AccessType.READ_WRITE if w else AccessType.READ
     try:
-        await m.add_mapping(ms, AddrRange(0, size), 0, True)
-        _, err = await m.translate(
-            MappableRange(0, size), MappableRange(0, size), AccessType.READ_WRITE
-        )
+        await m.add_mapping(ms, AddrRange(0, size), 0, w)
+        _, err = await m.translate(MappableRange(0, size), MappableRange(0, size), at)
         assert err is None
-        await m.truncate(3 * P)
-        await m.remove_mapping(ms, AddrRange(0, size), 0, True)
+        if w:
+            await m.truncate(3 * P)
+        await m.remove_mapping(ms, AddrRange(0, size), 0, w)
         assert mf.statistics().used_bytes > 0
     finally:
         await finish(mf, cleanup)
@@ -265,3 +286,11 @@ CONTRACT_CHECKS: tuple[Callable[[Factory], Awaitable[None]], ...] = (
     check_everything_freed_after_close,
 )
 """Every check of the contract, in a stable order."""
+
+READ_ONLY_CHECKS: tuple[Callable[[Factory], Awaitable[None]], ...] = (
+    check_translate_results_valid_and_correct,
+    check_mapping_bookkeeping_balances,
+    check_translate_past_end_is_bus_error,
+    check_everything_freed_after_close,
+)
+"""The checks that need no write: for factories with ``read_only = True``."""

@@ -11,11 +11,23 @@ from collections.abc import Awaitable, Callable
 import fsspec
 import pytest
 
-from aiomemmap._backing import Backing, BytesBacking, FsspecBacking, LocalFileBacking
+from aiomemmap._backing import (
+    Backing,
+    BytesBacking,
+    FsspecBacking,
+    LocalFileBacking,
+    open_backing,
+)
 from aiomemmap._cached_file import CachedFile
+from aiomemmap._http_server import RangeHTTPServer
 from aiomemmap._memfile import MemoryFile
 from aiomemmap._shared_memory import SharedMemory
-from tests.mappable_contract import CONTRACT_CHECKS, Cleanup, Factory
+from tests.mappable_contract import (
+    CONTRACT_CHECKS,
+    READ_ONLY_CHECKS,
+    Cleanup,
+    Factory,
+)
 
 
 async def make_shared_memory(
@@ -71,21 +83,49 @@ def _memory_fs(contents: bytes) -> Backing:
     return FsspecBacking(fs, path)
 
 
+async def make_cached_file_over_http(
+    size: int, contents: bytes
+) -> tuple[CachedFile, MemoryFile, Cleanup]:
+    """A read-only CachedFile over an object served by a loopback HTTP server."""
+    server = RangeHTTPServer()
+    await server.start()
+    server.add("contract.bin", contents[:size])
+    mf = MemoryFile("contract", chunk_size=2 * 1024 * 1024)
+    backing = open_backing(server.url("contract.bin"))
+    cf = CachedFile(backing, mf)
+
+    async def cleanup() -> None:
+        try:
+            await cf.aclose()
+            await backing.aclose()
+        finally:
+            await server.stop()
+
+    return cf, mf, cleanup
+
+
+make_cached_file_over_http.read_only = True  # type: ignore[attr-defined]
+
+
 FACTORIES: dict[str, Factory] = {
     "shared_memory": make_shared_memory,
     "cached_file_bytes": cached_file_factory(BytesBacking),
     "cached_file_local": cached_file_factory(_local_file),
     "cached_file_fsspec_memory": cached_file_factory(_memory_fs),
+    "cached_file_http": make_cached_file_over_http,
 }
 
+CASES = [
+    pytest.param(name, check, id=f"{name}-{check.__name__[6:]}")
+    for name, factory in FACTORIES.items()
+    for check in (
+        READ_ONLY_CHECKS if getattr(factory, "read_only", False) else CONTRACT_CHECKS
+    )
+]
 
-@pytest.fixture(params=list(FACTORIES), ids=list(FACTORIES))
-def make_mappable(request: pytest.FixtureRequest) -> Factory:
-    return FACTORIES[request.param]
 
-
-@pytest.mark.parametrize("check", CONTRACT_CHECKS, ids=lambda c: c.__name__[6:])
+@pytest.mark.parametrize(("name", "check"), CASES)
 async def test_mappable_contract(
-    make_mappable: Factory, check: Callable[[Factory], Awaitable[None]]
+    name: str, check: Callable[[Factory], Awaitable[None]]
 ) -> None:
-    await check(make_mappable)
+    await check(FACTORIES[name])
