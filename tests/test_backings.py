@@ -29,6 +29,7 @@ from aiomemmap._backing import (
 )
 from aiomemmap._errors import ClosedError
 from aiomemmap._http_server import RangeHTTPServer
+from tests.s3_server import moto_s3
 
 DATA = bytes((i * 7 + 3) % 251 for i in range(10_000))
 NEW_DATA = b"new contents " * 100
@@ -42,37 +43,8 @@ S3_CREDS = {"key": "testing", "secret": "testing"}
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[dict[str, object]]:
     """A moto S3 server on loopback with one bucket, for the whole session."""
-    boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        os.environ.setdefault(var, "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    server = moto_server.ThreadedMotoServer(
-        ip_address="127.0.0.1", port=0, verbose=False
-    )
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-        )
-        bucket = f"bkt-{uuid.uuid4().hex[:12]}"
-        client.create_bucket(Bucket=bucket)
+    with moto_s3("bkt") as (endpoint, client, bucket):
         yield {"endpoint": endpoint, "client": client, "bucket": bucket}
-        try:
-            listed = client.list_objects_v2(Bucket=bucket).get("Contents", [])
-            for obj in listed:
-                client.delete_object(Bucket=bucket, Key=obj["Key"])
-            client.delete_bucket(Bucket=bucket)
-        except Exception:  # cleanup is best effort; the server goes away next
-            pass
-    finally:
-        server.stop()
 
 
 def s3_options(s3: dict[str, object]) -> dict[str, object]:

@@ -40,6 +40,7 @@ from aiomemmap._memmap import InvalidateOpts, check_translate_result
 from aiomemmap._pages import PAGE_SIZE
 from aiomemmap._ranges import AddrRange, MappableRange
 from aiomemmap._readahead import NoReadahead
+from tests.s3_server import moto_s3
 
 P = PAGE_SIZE
 MiB = 1024 * 1024
@@ -119,30 +120,8 @@ class S3:
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3]:
     """A moto S3 server on 127.0.0.1 with one fresh bucket."""
-    boto3 = pytest.importorskip("boto3")
-    moto_server = pytest.importorskip("moto.server")
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        os.environ.setdefault(var, "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    server = moto_server.ThreadedMotoServer(
-        ip_address="127.0.0.1", port=0, verbose=False
-    )
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-        )
-        bucket = f"remote-{uuid.uuid4().hex[:12]}"
-        client.create_bucket(Bucket=bucket)
+    with moto_s3("remote") as (endpoint, client, bucket):
         yield S3(endpoint, client, bucket)
-    finally:
-        server.stop()
 
 
 class Store:
