@@ -20,6 +20,7 @@ from aiomemmap._backing import Backing as Backing
 from aiomemmap._backing import BytesBacking as BytesBacking
 from aiomemmap._backing import FaultInjectingBacking as FaultInjectingBacking
 from aiomemmap._backing import FsspecBacking as FsspecBacking
+from aiomemmap._backing import HttpBacking as HttpBacking
 from aiomemmap._backing import LocalFileBacking as LocalFileBacking
 from aiomemmap._backing import RetryPolicy as RetryPolicy
 from aiomemmap._backing import open_backing as open_backing
@@ -98,6 +99,7 @@ __all__ = [
     "FileRange",
     "FixedReadahead",
     "FsspecBacking",
+    "HttpBacking",
     "InvalidateOpts",
     "InvalidationBus",
     "LocalFileBacking",

@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import anyio
 import fsspec
+import fsspec.core
 import pytest
 
 from aiomemmap._backing import (
@@ -21,6 +22,7 @@ from aiomemmap._backing import (
     BytesBacking,
     FaultInjectingBacking,
     FsspecBacking,
+    HttpBacking,
     LocalFileBacking,
     RetryPolicy,
     is_transient,
@@ -55,6 +57,18 @@ def s3_options(s3: dict[str, object]) -> dict[str, object]:
     }
 
 
+def fsspec_http_backing(url: str) -> FsspecBacking:
+    """An ``FsspecBacking`` over fsspec's HTTP filesystem, owning its session.
+
+    Built as ``open_backing`` builds it for fsspec URLs: an asynchronous,
+    uncached filesystem instance, awaited on the test's loop.
+    """
+    fs, path = fsspec.core.url_to_fs(url, asynchronous=True, skip_instance_cache=True)
+    backing = FsspecBacking(fs, path)
+    backing._owns_fs = True
+    return backing
+
+
 # ---------------------------------------------------------------- contract
 
 
@@ -67,7 +81,7 @@ class Env:
     modify: Callable[[bytes], Awaitable[None]]
 
 
-KINDS = ["bytes", "local", "memory", "http", "s3"]
+KINDS = ["bytes", "local", "memory", "http", "fsspec-http", "s3"]
 
 
 @pytest.fixture(params=KINDS)
@@ -109,10 +123,11 @@ async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[E
         yield Env(kind, fb, True, modify)
         await fb.aclose()
         fs.rm(mpath)
-    elif kind == "http":
+    elif kind in ("http", "fsspec-http"):
         async with RangeHTTPServer() as srv:
             srv.add(name, DATA)
-            hb = open_backing(srv.url(name))
+            url = srv.url(name)
+            hb = open_backing(url) if kind == "http" else fsspec_http_backing(url)
 
             async def modify(data: bytes) -> None:
                 srv.replace(name, data)
@@ -311,12 +326,12 @@ async def test_fsspec_http_missing_is_permanent_but_503_is_transient() -> None:
     with anyio.fail_after(30):
         async with RangeHTTPServer() as srv:
             srv.add("x", DATA)
-            missing = open_backing(srv.url("missing"))
+            missing = fsspec_http_backing(srv.url("missing"))
             with pytest.raises(FileNotFoundError) as info:
                 await missing.size()
             assert not is_transient(info.value)
             await missing.aclose()
-            b = open_backing(srv.url("x"))
+            b = fsspec_http_backing(srv.url("x"))
             srv.fail_next(2, 503)  # info() tries HEAD then GET
             with pytest.raises(aiohttp.ClientResponseError) as info2:
                 await b.size()
@@ -359,7 +374,7 @@ async def test_fsspec_s3_writable_when_asked(s3_server) -> None:
 async def test_fsspec_native_backing_refuses_other_loop() -> None:
     async with RangeHTTPServer() as srv:
         srv.add("x", b"abc")
-        b = open_backing(srv.url("x"))
+        b = fsspec_http_backing(srv.url("x"))
         assert await b.size() == 3
         assert isinstance(b, FsspecBacking)
         b._loop = asyncio.new_event_loop()
@@ -694,11 +709,22 @@ async def test_open_backing_http() -> None:
     async with RangeHTTPServer() as srv:
         srv.add("dir/obj.bin", DATA)
         b = open_backing(srv.url("dir/obj.bin"))
-        assert isinstance(b, FsspecBacking)
+        assert isinstance(b, HttpBacking)
         assert b.readonly
         assert await read(b, 10, 10) == DATA[10:20]
         assert await b.version() == f"etag:{srv.etag('dir/obj.bin')}"
         await b.aclose()
+        h = open_backing(srv.url("dir/obj.bin"), headers={"X-Test": "1"})
+        assert isinstance(h, HttpBacking)
+        assert await read(h, 0, 5) == DATA[:5]
+        await h.aclose()
+        # Any other option goes to fsspec's HTTP filesystem.
+        f = open_backing(srv.url("dir/obj.bin"), block_size_hint=4096)
+        assert isinstance(f, FsspecBacking)
+        assert f.block_size_hint == 4096
+        assert await read(f, 10, 10) == DATA[10:20]
+        assert await f.version() == f"etag:{srv.etag('dir/obj.bin')}"
+        await f.aclose()
 
 
 async def test_open_backing_s3(s3_server) -> None:

@@ -1,7 +1,8 @@
 """CachedFile over real storage: HTTP, S3 (moto), local files and fsspec memory.
 
 Every storage kind is reached the way a user reaches it, through
-``open_backing``: an HTTP server on 127.0.0.1 started by the test, S3 through
+``open_backing``: an HTTP server on 127.0.0.1 started by the test (also read
+through fsspec's HTTP filesystem, kind ``fsspec-http``), S3 through
 s3fs against moto's threaded server on 127.0.0.1, a local file, and fsspec's
 in-memory filesystem. The tests check laziness (fetch little, fetch each byte
 once), single flight over real I/O, revalidation after a version change,
@@ -23,12 +24,14 @@ from typing import Any
 import aiohttp
 import anyio
 import fsspec
+import fsspec.core
 import pytest
 
 from aiomemmap._access import AccessType
 from aiomemmap._backing import (
     Backing,
     FaultInjectingBacking,
+    FsspecBacking,
     RetryPolicy,
     open_backing,
 )
@@ -46,8 +49,29 @@ P = PAGE_SIZE
 MiB = 1024 * 1024
 BIG = 8 * MiB + 123  # the last page is partial
 FAST_RETRY = RetryPolicy(attempts=3, initial_backoff=0.0, max_backoff=0.0)
-KINDS = ["http", "s3", "local", "memory"]
+HTTP_KINDS = ("http", "fsspec-http")
+KINDS = ["http", "fsspec-http", "s3", "local", "memory"]
 DEADLINE = 30
+
+
+def fsspec_http_backing(url: str) -> FsspecBacking:
+    """An ``FsspecBacking`` over fsspec's HTTP filesystem, owning its session.
+
+    Built as ``open_backing`` builds it for fsspec URLs: an asynchronous,
+    uncached filesystem instance, awaited on the test's loop.
+    """
+    fs, path = fsspec.core.url_to_fs(url, asynchronous=True, skip_instance_cache=True)
+    backing = FsspecBacking(fs, path)
+    backing._owns_fs = True
+    return backing
+
+
+def http_backing(flavour: str, url: str) -> Backing:
+    """The default HTTP backing (``open_backing``) or the fsspec one."""
+    return open_backing(url) if flavour == "aiohttp" else fsspec_http_backing(url)
+
+
+HTTP_FLAVOURS = pytest.mark.parametrize("flavour", ["aiohttp", "fsspec"])
 
 
 def M(start: int, end: int) -> MappableRange:
@@ -139,7 +163,7 @@ class Store:
         self._created = False
 
     async def start(self) -> None:
-        if self.kind == "http":
+        if self.kind in HTTP_KINDS:
             self.server = RangeHTTPServer()
             await self.server.start()
 
@@ -150,7 +174,7 @@ class Store:
         self._store(data, first=True)
 
     def _store(self, data: bytes, *, first: bool) -> None:
-        if self.kind == "http":
+        if self.kind in HTTP_KINDS:
             assert self.server is not None
             if first:
                 self.server.add(self.name, data)
@@ -183,6 +207,9 @@ class Store:
         if self.kind == "http":
             assert self.server is not None
             backing = open_backing(self.server.url(self.name))
+        elif self.kind == "fsspec-http":
+            assert self.server is not None
+            backing = fsspec_http_backing(self.server.url(self.name))
         elif self.kind == "s3":
             assert self._s3 is not None
             backing = open_backing(
@@ -245,7 +272,7 @@ class Counted:
 
 
 def counted(store: Store) -> Counted:
-    if store.kind == "http":
+    if store.kind in HTTP_KINDS:
         server = store.server
         assert server is not None
 
@@ -274,7 +301,7 @@ async def test_scattered_reads_fetch_only_what_they_touch(store, mf):
     data = pattern(BIG, 1)
     store.put(data)
     cf = CachedFile(store.open(), mf)
-    sent0 = store.bytes_sent() if store.kind == "http" else 0
+    sent0 = store.bytes_sent() if store.kind in HTTP_KINDS else 0
     rng = random.Random(5)
     reads = 24
     with anyio.fail_after(DEADLINE):
@@ -290,7 +317,7 @@ async def test_scattered_reads_fetch_only_what_they_touch(store, mf):
     assert stats.bytes_fetched <= BIG // 16
     assert stats.resident_bytes <= (reads + 1) * 4 * P
     assert stats.misses > 0
-    if store.kind == "http":
+    if store.kind in HTTP_KINDS:
         # The server sent exactly what the cache fetched, nothing more.
         assert store.bytes_sent() - sent0 == stats.bytes_fetched
     cf.check_invariants()
@@ -301,7 +328,7 @@ async def test_sequential_scan_returns_everything_fetching_each_byte_once(store,
     data = pattern(BIG, 2)
     store.put(data)
     cf = CachedFile(store.open(), mf)
-    sent0 = store.bytes_sent() if store.kind == "http" else 0
+    sent0 = store.bytes_sent() if store.kind in HTTP_KINDS else 0
     chunk = 512 * 1024
     with anyio.fail_after(DEADLINE):
         # One read after the other: a sequential scan.
@@ -316,7 +343,7 @@ async def test_sequential_scan_returns_everything_fetching_each_byte_once(store,
     assert after.fetches == stats.fetches
     assert after.bytes_fetched == BIG
     assert after.hits > stats.hits
-    if store.kind == "http":
+    if store.kind in HTTP_KINDS:
         assert store.bytes_sent() - sent0 == BIG
     cf.check_invariants()
     await closed_and_balanced(cf, mf)
@@ -490,12 +517,15 @@ async def test_fetch_of_old_contents_landing_after_revalidation_is_dropped(store
 # ---------------------------------------------------------------- 4. failures
 
 
-async def test_http_transient_errors_are_retried_then_bus_error_then_recover(mf):
+@HTTP_FLAVOURS
+async def test_http_transient_errors_are_retried_then_bus_error_then_recover(
+    mf, flavour
+):
     data = pattern(32 * P, 8)
     attempts = FAST_RETRY.attempts
     async with RangeHTTPServer() as srv:
         srv.add("obj", data)
-        backing = open_backing(srv.url("obj"))
+        backing = http_backing(flavour, srv.url("obj"))
         try:
             cf = CachedFile(backing, mf, readahead=NoReadahead(), retry=FAST_RETRY)
             with anyio.fail_after(DEADLINE):
@@ -550,16 +580,17 @@ async def test_http_transient_errors_are_retried_then_bus_error_then_recover(mf)
             await backing.aclose()
 
 
-async def test_http_size_question_failing_then_recovering(mf):
+@HTTP_FLAVOURS
+async def test_http_size_question_failing_then_recovering(mf, flavour):
     data = pattern(4 * P, 9)
     async with RangeHTTPServer() as srv:
         srv.add("obj", data)
-        backing = open_backing(srv.url("obj"))
+        backing = http_backing(flavour, srv.url("obj"))
         try:
             cf = CachedFile(backing, mf, retry=FAST_RETRY)
             with anyio.fail_after(DEADLINE):
                 # fsspec asks with HEAD, then GET; enough failures for every
-                # attempt at both.
+                # attempt at both (HttpBacking asks with HEAD only).
                 srv.fail_next(4 * FAST_RETRY.attempts, 503)
                 with pytest.raises(BusError):
                     await cf.read(0, 10)
@@ -572,11 +603,12 @@ async def test_http_size_question_failing_then_recovering(mf):
             await backing.aclose()
 
 
-async def test_flaky_http_never_returns_wrong_or_zero_bytes(mf):
+@HTTP_FLAVOURS
+async def test_flaky_http_never_returns_wrong_or_zero_bytes(mf, flavour):
     data = pattern(64 * P, 10)
     async with RangeHTTPServer() as srv:
         srv.add("obj", data)
-        http = open_backing(srv.url("obj"))
+        http = http_backing(flavour, srv.url("obj"))
         try:
             fb = FaultInjectingBacking(http, error_rate=0.3, seed=11, short_reads=True)
             cf = CachedFile(fb, mf, retry=FAST_RETRY, max_fetch_bytes=4 * P)
@@ -726,7 +758,7 @@ async def test_aclose_during_a_slow_fetch_frees_everything(store, mf):
 # ---------------------------------------------------------------- 6. read-only
 
 
-@pytest.mark.parametrize("store", ["http", "s3", "local"], indirect=True)
+@pytest.mark.parametrize("store", ["http", "fsspec-http", "s3", "local"], indirect=True)
 async def test_read_only_storage_refuses_changes(store, mf):
     data = pattern(8 * P + 9, 16)
     store.put(data)
