@@ -915,8 +915,9 @@ class SegmentMap(Generic[V]):
             )
 
     def _check_range(self, start: int, end: int, *, allow_empty: bool) -> None:
-        _check_int("start", start)
-        _check_int("end", end)
+        if type(start) is not int or type(end) is not int:
+            _check_int("start", start)
+            _check_int("end", end)
         if not self._min_key <= start <= end <= self._max_key:
             raise ValueError(
                 f"[{start:#x}, {end:#x}) is not a range within "
@@ -944,5 +945,5 @@ class SegmentMap(Generic[V]):
 
 def _check_int(name: str, k: object) -> None:
     """Raise ``TypeError`` unless ``k`` is an int (and not a bool)."""
-    if not is_int(k):
+    if type(k) is not int and not is_int(k):
         raise TypeError(f"{name} must be an int, got {k!r}")
