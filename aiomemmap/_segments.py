@@ -466,15 +466,27 @@ class SegmentMap(Generic[V]):
         The returned gap is clipped to ``[start, end)``.
 
         Complexity:
-            O(n) in the number of segments in the range.
+            O(k log n) for the k gaps above the one returned: the walk goes
+            down from ``end``.
         """
-        found: Gap | None = None
-        for g in self.gaps(start, end):
-            lo = g.start if start is None else max(g.start, start)
-            hi = g.end if end is None else min(g.end, end)
-            if hi - lo >= length:
-                found = Gap(lo, hi)
-        return found
+        lo_bound = self._min_key if start is None else start
+        hi_bound = self._max_key if end is None else end
+        self._check_range(lo_bound, hi_bound, allow_empty=True)
+        if lo_bound >= hi_bound:
+            return None
+        # The segment holding or preceding end - 1; the gap after it is the
+        # highest one that can reach into the range.
+        s = self._floor(hi_bound - 1)
+        while True:
+            gap = self._gap_after(s)
+            if gap.end <= lo_bound:
+                return None
+            lo, hi = max(gap.start, lo_bound), min(gap.end, hi_bound)
+            if lo < hi and hi - lo >= length:
+                return Gap(lo, hi)
+            if s is None or gap.start <= lo_bound:
+                return None
+            s = self._lower(s)
 
     # ------------------------------------------------------------------
     # Insertion and removal

@@ -1677,3 +1677,30 @@ def test_segment_map_neighbour_search_matches_bisect(seed, count, probes):
         j = bisect.bisect_left(ordered, k)
         assert m._lower(k) == (ordered[j - 1] if j else None)
     m.check_invariants()
+
+
+@settings(max_examples=60)
+@given(
+    seed=st.integers(0, 2**32),
+    length=st.integers(0, 12),
+    lo=st.integers(0, 80),
+    span=st.integers(0, 80),
+)
+def test_segment_map_last_large_enough_gap_matches_a_scan(seed, length, lo, span):
+    rng = random.Random(seed)
+    m: SegmentMap[int] = SegmentMap(max_key=100)
+    for s in rng.sample(range(100), 30):
+        if m.is_empty_range(s, s + 1):
+            m.insert_without_merging(s, s + 1, s)
+    hi = min(100, lo + span)
+    expected = None
+    for g in m.gaps(lo, hi):
+        a, b = max(g.start, lo), min(g.end, hi)
+        if b - a >= length:
+            expected = Gap(a, b)
+    assert m.last_large_enough_gap(length, lo, hi) == expected
+    assert m.last_large_enough_gap(length) == (
+        None
+        if not [g for g in m.gaps() if g.length >= length]
+        else [g for g in m.gaps() if g.length >= length][-1]
+    )
