@@ -593,19 +593,10 @@ class _ReadGuard:
         self._nested = nested
 
     async def __aenter__(self) -> None:
-        # The fast path of acquire_read, inlined: this is the fault path.
         lock = self._lock
         task = _running_task()
-        if (
-            task is not None
-            and lock._writer is None
-            and not lock._write_waiters
-            and not is_debug()
-            and task not in lock._readers
-        ):
-            lock._readers.add(task)
-            return
-        await lock._acquire_read(task, self._nested)
+        if not lock._try_read_now(task):
+            await lock._acquire_read(task, self._nested)
 
     async def __aexit__(
         self,
@@ -631,20 +622,10 @@ class _WriteGuard:
         self._nested = nested
 
     async def __aenter__(self) -> None:
-        # The fast path of acquire_write, inlined: this is the fault path.
         lock = self._lock
         task = _running_task()
-        if (
-            task is not None
-            and lock._writer is None
-            and not lock._readers
-            and not lock._write_waiters
-            and not lock._read_waiters
-            and not is_debug()
-        ):
-            lock._writer = task
-            return
-        await lock._acquire_write(task, self._nested)
+        if not lock._try_write_now(task):
+            await lock._acquire_write(task, self._nested)
 
     async def __aexit__(
         self,
@@ -816,6 +797,15 @@ class OrderedRWLock(_RankedLock):
             releases its read hold before the cancellation propagates.
         """
         task = _running_task()
+        if not self._try_read_now(task):
+            await self._acquire_read(task, nested)
+
+    def _try_read_now(self, task: asyncio.Task[object] | None) -> bool:
+        """Take a read hold without waiting or tracking, if nothing stands in the way.
+
+        The uncontended path of every read acquisition while debug checks are
+        off; it never yields to the loop.
+        """
         if (
             task is not None
             and self._writer is None
@@ -824,8 +814,8 @@ class OrderedRWLock(_RankedLock):
             and task not in self._readers
         ):
             self._readers.add(task)
-            return
-        await self._acquire_read(task, nested)
+            return True
+        return False
 
     async def _acquire_read(
         self, task: asyncio.Task[object] | None, nested: bool
@@ -879,6 +869,15 @@ class OrderedRWLock(_RankedLock):
             cancellation propagates.
         """
         task = _running_task()
+        if not self._try_write_now(task):
+            await self._acquire_write(task, nested)
+
+    def _try_write_now(self, task: asyncio.Task[object] | None) -> bool:
+        """Take the lock for writing without waiting or tracking, if it is free.
+
+        The uncontended path of every write acquisition while debug checks
+        are off; it never yields to the loop.
+        """
         if (
             task is not None
             and self._writer is None
@@ -888,8 +887,8 @@ class OrderedRWLock(_RankedLock):
             and not is_debug()
         ):
             self._writer = task
-            return
-        await self._acquire_write(task, nested)
+            return True
+        return False
 
     async def _acquire_write(
         self, task: asyncio.Task[object] | None, nested: bool
