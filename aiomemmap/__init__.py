@@ -16,6 +16,14 @@ The public API, by layer (each layer builds only on the ones before it):
 from __future__ import annotations
 
 from aiomemmap._access import AccessType as AccessType
+from aiomemmap._address_space import AddressSpace as AddressSpace
+from aiomemmap._addrspace_options import (
+    AddressSpaceStatistics as AddressSpaceStatistics,
+)
+from aiomemmap._addrspace_options import Advice as Advice
+from aiomemmap._addrspace_options import Layout as Layout
+from aiomemmap._addrspace_options import Limits as Limits
+from aiomemmap._addrspace_options import MRemapMove as MRemapMove
 from aiomemmap._backing import Backing as Backing
 from aiomemmap._backing import BytesBacking as BytesBacking
 from aiomemmap._backing import FaultInjectingBacking as FaultInjectingBacking
@@ -83,7 +91,10 @@ __all__ = [
     "AccessType",
     "AdaptiveReadahead",
     "AddrRange",
+    "AddressSpace",
     "AddressSpaceError",
+    "AddressSpaceStatistics",
+    "Advice",
     "AiomemmapError",
     "AlignmentError",
     "Backing",
@@ -102,11 +113,14 @@ __all__ = [
     "HttpBacking",
     "InvalidateOpts",
     "InvalidationBus",
+    "Layout",
+    "Limits",
     "LocalFileBacking",
     "LockOrderError",
     "LockRank",
     "MLockMode",
     "MMapOpts",
+    "MRemapMove",
     "Mappable",
     "MappableRange",
     "MappingIdentity",

@@ -63,8 +63,21 @@ MAPPABLES = [
 ]
 
 
+ADDRSPACE = [
+    "AddressSpace",
+    "MRemapMove",
+    "Advice",
+    "AddressSpaceError",
+    "MemoryFault",
+    "AddressSpaceStatistics",
+    "Limits",
+]
+
+
 @pytest.mark.parametrize(
-    "names", [FOUNDATION, MAPPABLES], ids=["foundation", "mappables"]
+    "names",
+    [FOUNDATION, MAPPABLES, ADDRSPACE],
+    ids=["foundation", "mappables", "addrspace"],
 )
 def test_public_api_exports_every_layer_name(names):
     missing = [n for n in names if not hasattr(aiomemmap, n)]
