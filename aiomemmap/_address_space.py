@@ -542,18 +542,26 @@ class AddressSpace:
     def _invalidate_locked(self, start: int, end: int, private: bool) -> None:
         """Drop pmas in ``[start, end)`` (private ones only if ``private``)."""
         pmas = self._pmas
-        for seg in list(pmas.segments(start, end)):
-            if seg.value.private and not private:
-                continue
-            self._remove_pma(pmas.isolate(seg, start, end))
+        seg = pmas.lower_bound_segment(start)
+        while seg is not None and seg.start < end:
+            # Taken before seg changes; seg is split at end only if it is last.
+            nxt = pmas.next_segment(seg) if seg.end < end else None
+            if private or not seg.value.private:
+                if seg.start < start or end < seg.end:
+                    seg = pmas.isolate(seg, start, end)
+                self._remove_pma(seg)
+            seg = nxt
 
     def _remove_pma(self, seg: Segment[Pma]) -> None:
         """Remove a pma and release its pages."""
-        self._pmas.remove(seg)
+        self._pmas.delete(seg)
         pma = seg.value
         n = seg.end - seg.start
         self._rss -= n
-        pma.file.dec_ref(FileRange(pma.offset, pma.offset + n))
+        fr = pma.fr
+        pma.file.dec_ref(
+            fr if fr is not None else FileRange(pma.offset, pma.offset + n)
+        )
 
     # ------------------------------------------------------------------
     # Finding addresses
@@ -1823,11 +1831,12 @@ class AddressSpace:
                 vma.max_perms,
                 need_cow=False,
                 private=True,
+                fr=fr,
             ),
         )
 
     def _pma_for_translation(
-        self, vma: Vma, perms: AccessType, file_offset: int, file: File
+        self, vma: Vma, perms: AccessType, file: File, fr: FileRange
     ) -> Pma:
         eff = vma.effective_perms.intersect(perms)
         mx = vma.max_perms.intersect(perms)
@@ -1835,13 +1844,7 @@ class AddressSpace:
             eff = AccessType(eff.read, False, eff.execute)
             mx = AccessType(mx.read, False, mx.execute)
         return Pma(
-            file,
-            file_offset,
-            perms,
-            eff,
-            mx,
-            need_cow=vma.private,
-            private=False,
+            file, fr.start, perms, eff, mx, need_cow=vma.private, private=False, fr=fr
         )
 
     async def _translate(
@@ -1877,13 +1880,9 @@ class AddressSpace:
         for t in translations:
             a0 = base + (t.source.start - vma.offset)
             a1 = a0 + t.source.length
+            fr = t.file_range()
             out.append(
-                (
-                    a0,
-                    a1,
-                    self._pma_for_translation(vma, t.perms, t.offset, t.file),
-                    t.file_range(),
-                )
+                (a0, a1, self._pma_for_translation(vma, t.perms, t.file, fr), fr)
             )
         if err is None and not out:
             err = BusError(RuntimeError("translate returned nothing"))
@@ -2083,13 +2082,14 @@ class AddressSpace:
         perms = pma.max_perms if ignore_permissions else pma.effective_perms
         if not (perms.write if write else perms.read):
             return None
-        blocks = pma.blocks
-        if blocks is None:
+        view = pma.view
+        if view is None:
             blocks = self._pma_blocks(seg)
-        if len(blocks) != 1:
-            return None
+            if len(blocks) != 1:
+                return None
+            view = pma.view = blocks[0]
         off = addr - seg.start
-        return blocks[0][off : off + (end - addr)]
+        return view[off : off + (end - addr)]
 
     async def copy_in(
         self, addr: int, length: int, *, ignore_permissions: bool = False
@@ -2121,6 +2121,28 @@ class AddressSpace:
             Resident pages: none. Otherwise the mapping lock (reading) and
             the active lock (writing).
         """
+        if (
+            type(addr) is int
+            and type(length) is int
+            and addr >= 0
+            and length > 0
+            and not self._active_lock.write_locked()
+        ):
+            # The resident fast path: one lookup and one slice copy.
+            seg = self._pmas.find(addr)
+            end = addr + length
+            if seg is not None and end <= seg.end and end <= self._layout.max_addr:
+                pma = seg.value
+                view = pma.view
+                if (
+                    view is not None
+                    and not self._closed
+                    and (
+                        pma.max_perms if ignore_permissions else pma.effective_perms
+                    ).read
+                ):
+                    off = addr - seg.start
+                    return bytes(view[off : off + length])
         addr, end = self._check_io("copy_in", addr, length)
         if addr == end:
             return b""

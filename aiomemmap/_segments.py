@@ -561,6 +561,15 @@ class SegmentMap(Generic[V]):
         del self._sd[seg.start]
         return self._gap_after(self._lower(seg.start))
 
+    def delete(self, seg: Segment[V]) -> None:
+        """Remove ``seg``; like :meth:`remove` without computing the gap left.
+
+        Raises:
+            ValueError: ``seg`` is not a current segment of the map.
+        """
+        self._check_current(seg)
+        del self._sd[seg.start]
+
     def remove_range(self, start: int, end: int) -> list[Segment[V]]:
         """Remove every key in ``[start, end)``.
 

@@ -26,6 +26,7 @@ from typing import final
 from aiomemmap._access import AccessType
 from aiomemmap._blockseq import BlockSeq
 from aiomemmap._memmap import File, Mappable, MappingIdentity, MLockMode
+from aiomemmap._ranges import FileRange
 from aiomemmap._segments import NO_MERGE, NoMerge
 
 __all__ = ["Pma", "Vma", "make_vma_functions", "merge_pmas", "split_pma"]
@@ -199,17 +200,23 @@ class Pma:
             file) rather than a Mappable's.
         blocks: The pages mapped into this process for ``max_perms`` (without
             execute), or ``None`` until first needed.
+        fr: The file range of the pma's pages, when it is already known (it
+            is kept only by values that never change length).
+        view: ``blocks`` as one memoryview, once asked for, if the pages lie
+            in one block.
     """
 
     __slots__ = (
         "blocks",
         "effective_perms",
         "file",
+        "fr",
         "max_perms",
         "need_cow",
         "offset",
         "private",
         "translate_perms",
+        "view",
     )
 
     def __init__(
@@ -223,6 +230,7 @@ class Pma:
         need_cow: bool,
         private: bool,
         blocks: BlockSeq | None = None,
+        fr: FileRange | None = None,
     ) -> None:
         self.file = file
         self.offset = offset
@@ -232,6 +240,8 @@ class Pma:
         self.need_cow = need_cow
         self.private = private
         self.blocks = blocks
+        self.fr = fr
+        self.view: memoryview | None = None
 
     def with_perms(
         self, effective_perms: AccessType, max_perms: AccessType, *, need_cow: bool
@@ -251,6 +261,7 @@ class Pma:
             need_cow=need_cow,
             private=self.private,
             blocks=blocks,
+            fr=self.fr,
         )
 
     def __repr__(self) -> str:

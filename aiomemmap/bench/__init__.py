@@ -76,7 +76,11 @@ def register(ids: str) -> Callable[[Benchmark], Benchmark]:
 
 def registered() -> dict[str, Benchmark]:
     """Return the registered benchmarks, keyed by their comma-separated row ids."""
-    from aiomemmap.bench import _micro, _remote  # noqa: F401  (register on import)
+    from aiomemmap.bench import (  # noqa: F401  (register on import)
+        _addrspace,
+        _micro,
+        _remote,
+    )
 
     return dict(_REGISTRY)
 
