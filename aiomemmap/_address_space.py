@@ -26,8 +26,10 @@ Locks (the order is written once, in :mod:`aiomemmap._locks`):
   faults, copies and ``fork``;
 * the **active lock** (``LockRank.ACTIVE``, reader/writer) guards the pmas and
   the resident-set counters: held for writing while pmas are created or
-  dropped, including while awaiting ``Mappable.translate``.
-  :meth:`invalidate` takes only this lock.
+  dropped. :meth:`invalidate` takes only this lock. Unlike gVisor, it is *not*
+  held while ``Mappable.translate`` is awaited (a fetch may take
+  milliseconds): invalidations that arrive meanwhile are recorded, and a
+  translation one of them overlaps is discarded and asked for again.
 
 Faults and copies whose pages are all resident take neither lock: with no
 writer holding the active lock, pmas are consistent, and the copy finishes
@@ -48,7 +50,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from types import TracebackType
-from typing import TypeVar, final
+from typing import NamedTuple, TypeVar, final
 
 from aiomemmap._access import AccessType
 from aiomemmap._addrspace_options import (
@@ -115,6 +117,7 @@ _READ = AccessType.READ
 _NO_ACCESS = AccessType.NO_ACCESS
 _WRITE = AccessType.WRITE
 _READ_WRITE = AccessType.READ_WRITE
+_READ_EXECUTE = AccessType.READ_EXECUTE
 _ANY = AccessType.ANY
 _ZEROS = bytes(HUGE_PAGE_SIZE)
 
@@ -166,6 +169,24 @@ async def _complete(aw: Awaitable[_T]) -> _T:
     if cancelled:
         raise asyncio.CancelledError
     return result
+
+
+@final
+class _TranslateNeed(NamedTuple):
+    """A translation :meth:`AddressSpace._ensure_pmas` found still missing.
+
+    ``[req_start, req_end)`` must be translated, ``[opt_start, opt_end)``
+    may be, with ``perms``, in the vma ``vseg``; ``upgrade`` means existing
+    shared pmas get more permissions.
+    """
+
+    vseg: Segment[Vma]
+    req_start: int
+    req_end: int
+    opt_start: int
+    opt_end: int
+    perms: AccessType
+    upgrade: bool
 
 
 @final
@@ -231,6 +252,7 @@ class AddressSpace:
         "_def_mlock_mode",
         "_dropped_ids",
         "_faults",
+        "_invalidation_log",
         "_layout",
         "_limits",
         "_locked_as",
@@ -240,6 +262,7 @@ class AddressSpace:
         "_owned",
         "_pmas",
         "_rss",
+        "_translates_in_flight",
         "_usage_as",
         "_vmas",
     )
@@ -291,6 +314,10 @@ class AddressSpace:
         self._brk_start = 0
         self._brk_end = 0
         self._def_mlock_mode = MLockMode.NONE
+        # While translations are awaited without the active lock: the ranges
+        # invalidated meanwhile (see _get_pmas).
+        self._translates_in_flight = 0
+        self._invalidation_log: list[tuple[int, int]] = []
         # While a fork builds this space: invalidations to apply afterwards.
         self._capture: list[tuple[int, int, bool]] | None = None
         self._closed = False
@@ -541,6 +568,8 @@ class AddressSpace:
 
     def _invalidate_locked(self, start: int, end: int, private: bool) -> None:
         """Drop pmas in ``[start, end)`` (private ones only if ``private``)."""
+        if self._translates_in_flight:
+            self._invalidation_log.append((start, end))
         pmas = self._pmas
         seg = pmas.lower_bound_segment(start)
         while seg is not None and seg.start < end:
@@ -928,9 +957,8 @@ class AddressSpace:
         Errors are ignored (population is best effort). Preconditions: the
         mapping lock is held and ``[start, end)`` is mapped.
         """
-        async with self._active_lock.write():
-            with suppress(BusError, OutOfMemoryError):
-                await self._get_pmas_locked(start, end, _NO_ACCESS)
+        with suppress(BusError, OutOfMemoryError):
+            await self._get_pmas(start, end, _NO_ACCESS, _reached_and_error)
 
     async def munmap(self, addr: int, length: int) -> None:
         """Remove the mappings in ``[addr, addr + length)`` (``munmap(2)``).
@@ -1453,18 +1481,18 @@ class AddressSpace:
 
     async def _populate_locked_range(self, start: int, end: int) -> None:
         """Populate every vma in ``[start, end)`` for ``mlock`` (errors as Linux)."""
-        async with self._active_lock.write():
-            for vseg in list(self._vmas.segments(start, end)):
-                if not vseg.value.effective_perms.any():
-                    raise _error(_errno.ENOMEM, "mlock: mapping without permissions")
-            for vseg in list(self._vmas.segments(start, end)):
-                s, e = max(start, vseg.start), min(end, vseg.end)
-                try:
-                    _reached, err = await self._get_pmas_locked(s, e, _NO_ACCESS)
-                except OutOfMemoryError:
-                    raise _error(_errno.EAGAIN, "mlock: out of memory") from None
-                if err is not None:
-                    raise err
+        for vseg in list(self._vmas.segments(start, end)):
+            if not vseg.value.effective_perms.any():
+                raise _error(_errno.ENOMEM, "mlock: mapping without permissions")
+            s, e = max(start, vseg.start), min(end, vseg.end)
+            try:
+                _reached, err = await self._get_pmas(
+                    s, e, _NO_ACCESS, _reached_and_error
+                )
+            except OutOfMemoryError:
+                raise _error(_errno.EAGAIN, "mlock: out of memory") from None
+            if err is not None:
+                raise err
 
     async def munlock(self, addr: int, length: int) -> None:
         """Unlock ``[addr, addr + length)``: ``mlock`` with ``MLockMode.NONE``."""
@@ -1511,13 +1539,9 @@ class AddressSpace:
             if future:
                 self._def_mlock_mode = mode
             if current and mode is MLockMode.EAGER:
-                async with self._active_lock.write():
-                    for vseg in list(self._vmas):
-                        if vseg.value.effective_perms.any():
-                            with suppress(BusError, OutOfMemoryError):
-                                await self._get_pmas_locked(
-                                    vseg.start, vseg.end, _NO_ACCESS
-                                )
+                for vseg in list(self._vmas):
+                    if vseg.value.effective_perms.any():
+                        await self._populate(vseg.start, vseg.end)
 
     async def munlockall(self) -> None:
         """Unlock every mapping, now and for later mappings."""
@@ -1751,20 +1775,88 @@ class AddressSpace:
             pma.blocks = blocks
         return blocks
 
-    async def _get_pmas_locked(
-        self, start: int, end: int, at: AccessType
-    ) -> tuple[int, BaseException | None]:
-        """Make pmas cover ``[start, end)`` for ``at`` (gVisor's ``getPMAsLocked``).
+    async def _get_pmas(
+        self,
+        start: int,
+        end: int,
+        at: AccessType,
+        use: Callable[[int, BaseException | None], _T],
+    ) -> _T:
+        """Make pmas cover ``[start, end)`` for ``at``, then call ``use`` on them.
 
-        Returns how far pmas now reach (``end`` on success) and the error
-        that stopped them short, if any.
+        gVisor's ``getPMAsLocked``, with one change: the active lock is not
+        held while a Mappable's ``translate`` is awaited, so faults on
+        different pages (and their fetches) proceed concurrently. A
+        translation that an invalidation overlapped while it was in flight
+        is thrown away and asked for again.
 
-        Preconditions: the mapping lock is held (either mode) and the active
-        lock for writing; ``[start, end)`` is page-aligned and wholly
-        mapped, and the vmas allow ``at``.
+        ``use(reached, err)`` runs with the active lock held for writing,
+        right after the pmas of ``[start, reached)`` were checked, without
+        awaiting in between; ``reached < end`` only with ``err`` saying why.
+
+        Preconditions: the mapping lock is held (either mode), the active
+        lock is not; ``[start, end)`` is page-aligned and wholly mapped by
+        vmas that allow ``at``.
 
         Raises:
-            OutOfMemoryError: The memory file is full.
+            OutOfMemoryError: The memory file is full (nothing is lost).
+        """
+        lock = self._active_lock
+        limit, limit_err = end, None
+        while True:
+            await lock.acquire_write()
+            try:
+                need = self._ensure_pmas(start, limit, at)
+                if need is None:
+                    return use(limit, limit_err)
+                log_pos = self._begin_translate()
+            finally:
+                lock.release_write()
+            try:
+                new, err = await self._translate(need)
+            except BaseException:
+                self._end_translate(log_pos, need.opt_start, need.opt_end)
+                raise
+            try:
+                await lock.acquire_write()
+            except BaseException:
+                self._end_translate(log_pos, need.opt_start, need.opt_end)
+                raise
+            try:
+                stale = self._end_translate(log_pos, need.opt_start, need.opt_end)
+                if not stale:
+                    self._install(need, new)
+                    if err is not None:
+                        reached = new[-1][1] if new else need.req_start
+                        if reached < need.req_end:
+                            limit = max(reached, need.req_start)
+                            limit_err = _as_bus_error(err)
+            finally:
+                lock.release_write()
+
+    def _begin_translate(self) -> int:
+        self._translates_in_flight += 1
+        return len(self._invalidation_log)
+
+    def _end_translate(self, log_pos: int, start: int, end: int) -> bool:
+        """Finish an in-flight translate; return whether an invalidation hit it."""
+        log = self._invalidation_log
+        stale = any(s < end and start < e for s, e in log[log_pos:])
+        self._translates_in_flight -= 1
+        if self._translates_in_flight == 0:
+            log.clear()
+        return stale
+
+    def _ensure_pmas(
+        self, start: int, end: int, at: AccessType
+    ) -> _TranslateNeed | None:
+        """Do what needs no awaiting to make pmas cover ``[start, end)`` for ``at``.
+
+        Allocates anonymous memory and breaks copy-on-write. Returns the
+        first translation still needed, or ``None`` when the range is done.
+
+        Preconditions: the mapping lock and the active lock (writing) are
+        held.
         """
         vmas, pmas = self._vmas, self._pmas
         addr = start
@@ -1778,10 +1870,8 @@ class AddressSpace:
                 if pseg is None:
                     gap = pmas.find_gap(addr)
                     assert gap is not None
-                    opt_start, opt_end = (
-                        max(gap.start, vseg.start),
-                        min(gap.end, vseg.end),
-                    )
+                    opt_start = max(gap.start, vseg.start)
+                    opt_end = min(gap.end, vseg.end)
                     if vma.mappable is None:
                         self._allocate_anonymous(
                             vma,
@@ -1789,12 +1879,13 @@ class AddressSpace:
                             min(opt_end, _huge_up(end)),
                         )
                         continue
-                    err = await self._translate_gap(
-                        vseg, addr, min(opt_end, end), opt_start, opt_end, at
+                    if vma.private:
+                        perms = _READ_EXECUTE if at.execute else _READ
+                    else:
+                        perms = at
+                    return _TranslateNeed(
+                        vseg, addr, min(opt_end, end), opt_start, opt_end, perms, False
                     )
-                    if err is not None:
-                        return err
-                    continue
                 pma = pseg.value
                 if at.write and pma.need_cow:
                     if pma.private and self._mf.has_unique_ref(
@@ -1805,12 +1896,56 @@ class AddressSpace:
                         self._break_cow(pseg, vseg, start, end)
                     continue
                 if not pma.translate_perms.superset_of(at):
-                    err = await self._retranslate(pseg, vseg, start, end, at)
-                    if err is not None:
-                        return err
-                    continue
+                    o_start, o_end = (
+                        max(pseg.start, vseg.start),
+                        min(pseg.end, vseg.end),
+                    )
+                    return _TranslateNeed(
+                        vseg,
+                        max(o_start, start),
+                        min(o_end, end),
+                        o_start,
+                        o_end,
+                        pma.translate_perms.union(at),
+                        True,
+                    )
                 addr = min(pseg.end, vend)
-        return end, None
+        return None
+
+    def _install(
+        self, need: _TranslateNeed, new: list[tuple[int, int, Pma, FileRange]]
+    ) -> None:
+        """Insert translated pmas where the ranges are still free.
+
+        For an upgrade (more permissions for an existing translation), shared
+        pmas in the way are replaced; private pmas (the space's own copies)
+        always stay. Each installed piece takes its own page reference.
+        """
+        pmas = self._pmas
+        for a0, a1, pma, fr in new:
+            if need.upgrade:
+                for seg in list(pmas.segments(a0, a1)):
+                    if not seg.value.private:
+                        self._remove_pma(pmas.isolate(seg, a0, a1))
+            for gap in list(pmas.gaps(a0, a1)):
+                g0, g1 = max(gap.start, a0), min(gap.end, a1)
+                if g0 == a0 and g1 == a1:
+                    piece, piece_fr = pma, fr
+                else:
+                    off = pma.offset + (g0 - a0)
+                    piece_fr = FileRange(off, off + (g1 - g0))
+                    piece = Pma(
+                        pma.file,
+                        off,
+                        pma.translate_perms,
+                        pma.effective_perms,
+                        pma.max_perms,
+                        need_cow=pma.need_cow,
+                        private=False,
+                        fr=piece_fr,
+                    )
+                pma.file.inc_ref(piece_fr)
+                self._insert_pma(g0, g1, piece)
 
     def _insert_pma(self, start: int, end: int, pma: Pma) -> None:
         self._pmas.insert(start, end, pma)
@@ -1848,25 +1983,21 @@ class AddressSpace:
         )
 
     async def _translate(
-        self,
-        vseg: Segment[Vma],
-        req_start: int,
-        req_end: int,
-        opt_start: int,
-        opt_end: int,
-        perms: AccessType,
+        self, need: _TranslateNeed
     ) -> tuple[list[tuple[int, int, Pma, FileRange]], BaseException | None]:
         """Ask the vma's Mappable to translate; return the new pmas (not inserted)."""
+        vseg = need.vseg
         vma = vseg.value
         mappable = vma.mappable
         assert mappable is not None
         base = vseg.start
         required = MappableRange(
-            vma.offset_at(base, req_start), vma.offset_at(base, req_end)
+            vma.offset_at(base, need.req_start), vma.offset_at(base, need.req_end)
         )
         optional = MappableRange(
-            vma.offset_at(base, opt_start), vma.offset_at(base, opt_end)
+            vma.offset_at(base, need.opt_start), vma.offset_at(base, need.opt_end)
         )
+        perms = need.perms
         translations, err = await mappable.translate(required, optional, perms)
         if is_debug():
             problem = check_translate_result(
@@ -1887,29 +2018,6 @@ class AddressSpace:
         if err is None and not out:
             err = BusError(RuntimeError("translate returned nothing"))
         return out, err
-
-    async def _translate_gap(
-        self,
-        vseg: Segment[Vma],
-        req_start: int,
-        req_end: int,
-        opt_start: int,
-        opt_end: int,
-        at: AccessType,
-    ) -> tuple[int, BaseException] | None:
-        vma = vseg.value
-        perms = AccessType(True, False, at.execute) if vma.private else at
-        new, err = await self._translate(
-            vseg, req_start, req_end, opt_start, opt_end, perms
-        )
-        for a0, a1, pma, fr in new:
-            pma.file.inc_ref(fr)
-            self._insert_pma(a0, a1, pma)
-        if err is not None:
-            reached = new[-1][1] if new else req_start
-            if reached < req_end:
-                return max(reached, req_start), _as_bus_error(err)
-        return None
 
     def _take_over(self, pseg: Segment[Pma], vma: Vma) -> None:
         """Make a private copy-on-write pma writable: the space owns its pages."""
@@ -1953,33 +2061,6 @@ class AddressSpace:
         old.file.dec_ref(FileRange(old.offset, old.offset + n))
         self._cow_copies += n // PAGE_SIZE
         self._pmas.merge_next(self._pmas.merge_prev(pseg))
-
-    async def _retranslate(
-        self,
-        pseg: Segment[Pma],
-        vseg: Segment[Vma],
-        start: int,
-        end: int,
-        at: AccessType,
-    ) -> tuple[int, BaseException] | None:
-        """Translate a pma again with more permissions (e.g. a first write)."""
-        pma = pseg.value
-        o_start, o_end = max(pseg.start, vseg.start), min(pseg.end, vseg.end)
-        r_start, r_end = max(o_start, start), min(o_end, end)
-        perms = pma.translate_perms.union(at)
-        new, err = await self._translate(vseg, r_start, r_end, o_start, o_end, perms)
-        if new:
-            t_start, t_end = new[0][0], new[-1][1]
-            for _a0, _a1, p, fr in new:
-                p.file.inc_ref(fr)
-            self._invalidate_locked(t_start, t_end, True)
-            for a0, a1, p, _fr in new:
-                self._insert_pma(a0, a1, p)
-        if err is not None:
-            reached = new[-1][1] if new else r_start
-            if reached < r_end:
-                return max(reached, r_start), _as_bus_error(err)
-        return None
 
     # ------------------------------------------------------------------
     # Faults
@@ -2043,9 +2124,8 @@ class AddressSpace:
                     f"handle_fault: {at} access to {addr:#x} not allowed "
                     f"({vseg.value.effective_perms})",
                 )
-            async with self._active_lock.write():
-                self._faults += 1
-                _reached, err = await self._get_pmas_locked(start, end, at)
+            self._faults += 1
+            _reached, err = await self._get_pmas(start, end, at, _reached_and_error)
         if err is not None:
             raise err
 
@@ -2264,16 +2344,20 @@ class AddressSpace:
             if vend > addr:
                 p_start = addr & ~_PAGE_MASK
                 p_end = min((vend + _PAGE_MASK) & ~_PAGE_MASK, _U64)
-                async with self._active_lock.write():
-                    self._faults += 1
-                    try:
-                        reached, perr = await self._get_pmas_locked(p_start, p_end, at)
-                    except OutOfMemoryError as exc:
-                        reached, perr = p_start, exc
+                self._faults += 1
+
+                def use(reached: int, perr: BaseException | None) -> int:
                     limit = min(reached, vend)
                     done = self._apply(addr, limit, fn, at, ignore_permissions)
                     if limit < end:
+                        nonlocal error
                         error = perr if perr is not None else verr
+                    return done
+
+                try:
+                    done = await self._get_pmas(p_start, p_end, at, use)
+                except OutOfMemoryError as exc:
+                    error = exc
             else:
                 error = verr
         if done < end - addr:
@@ -2424,6 +2508,12 @@ class AddressSpace:
             )
         pmas.merge_inside_range(start, end)
         pmas.merge_outside_range(start, end)
+
+
+def _reached_and_error(
+    reached: int, err: BaseException | None
+) -> tuple[int, BaseException | None]:
+    return reached, err
 
 
 def _as_bus_error(err: BaseException) -> BaseException:

@@ -20,7 +20,10 @@ Rules that follow from the order:
   while it holds a MAPPABLE lock, but never while it holds a TRANSLATE lock.
 * ``Mappable.add_mapping``/``remove_mapping``/``copy_mapping`` run with the
   mapping lock held (for writing) and the active lock not held;
-  ``Mappable.translate`` runs with the active lock held.
+  ``Mappable.translate`` runs with the mapping lock held for reading. An
+  address space does not hold its active lock while it awaits a translation:
+  it records the invalidations that arrive meanwhile and discards a result
+  that one of them overlaps, so faults on different pages fetch concurrently.
 * ``MappingIdentity.dec_ref`` and ``MappingIdentity.msync`` run only after the
   mapping lock has been released: an address space collects the identities it
   dropped and releases them once it is out of the lock.

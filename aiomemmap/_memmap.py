@@ -672,9 +672,13 @@ class Mappable(Protocol):
               both are page-aligned.
             * The caller has mapped every queried offset with
               :meth:`add_mapping`.
-            * The caller keeps its calls in step with invalidation (it holds
-              its ``LockRank.ACTIVE`` lock, which :meth:`MappingSpace.invalidate`
-              also takes).
+            * The caller keeps its calls in step with invalidation: it either
+              holds its ``LockRank.ACTIVE`` lock (which
+              :meth:`MappingSpace.invalidate` also takes), or it notices every
+              invalidation of the queried offsets that happens while the call
+              is in flight and then discards the result (an
+              :class:`~aiomemmap.AddressSpace` does the latter, so that faults
+              on different pages fetch concurrently).
 
         Postconditions:
             * ``check_translate_result(required, optional, at, *result)`` is
@@ -685,9 +689,11 @@ class Mappable(Protocol):
               translation is invalidated.
 
         Locking:
-            Called with the mapping space's ``LockRank.ACTIVE`` lock held. May
-            take ``LockRank.TRANSLATE`` locks and await (for instance backing
-            I/O) while holding them.
+            Called with the mapping space's ``LockRank.MAPPING`` lock held
+            (so the mapping stays), and possibly its ``LockRank.ACTIVE`` lock
+            (see the preconditions). May take ``LockRank.TRANSLATE`` locks and
+            await (for instance backing I/O) while holding them; must not
+            take ``LockRank.MAPPABLE`` locks.
 
         Cancellation:
             If cancelled, no translation was handed out and no reference was
