@@ -1823,7 +1823,11 @@ class AddressSpace:
                 self._end_translate(log_pos, need.opt_start, need.opt_end)
                 raise
             try:
-                stale = self._end_translate(log_pos, need.opt_start, need.opt_end)
+                # Only the translated range matters (the whole optional range
+                # if the Mappable gave nothing, to retry after a truncation).
+                t_start = new[0][0] if new else need.opt_start
+                t_end = new[-1][1] if new else need.opt_end
+                stale = self._end_translate(log_pos, t_start, t_end)
                 if not stale:
                     self._install(need, new)
                     if err is not None:
