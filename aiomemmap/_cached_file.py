@@ -1315,6 +1315,9 @@ class CachedFile:
             page_round_up(self._size),
             max(window.end, required.end + _TRANSLATE_AHEAD),
         )
+        if limit <= required.start:
+            # Truncated below the required pages while they were fetched.
+            return []
         perms = AccessType.ANY if at.write else AccessType.READ_EXECUTE
         out: list[Translation] = []
         pos = required.start
