@@ -160,6 +160,7 @@ def run_benchmarks(only: Iterable[str] | None = None) -> list[BenchRow]:
                 rows.extend(
                     r for r in await bench() if wanted is None or r.id.upper() in wanted
                 )
+        rows.sort(key=_row_order)
         return rows
 
     try:
@@ -167,6 +168,12 @@ def run_benchmarks(only: Iterable[str] | None = None) -> list[BenchRow]:
     except ImportError:  # pragma: no cover - uvloop is an optional extra
         return asyncio.run(main())
     return uvloop.run(main())
+
+
+def _row_order(row: BenchRow) -> tuple[bool, int, str]:
+    """Micro-benchmarks (M) first, then the targets (P), by number then suffix."""
+    digits = "".join(c for c in row.id[1:] if c.isdigit())
+    return (row.id[0] != "M", int(digits or 0), row.id)
 
 
 def _fmt(x: float) -> str:
