@@ -401,6 +401,24 @@ class AddressSpace:
         # A method, so that checks after an await are not narrowed away.
         return self._closed
 
+    def _page_range(
+        self, what: str, addr: int, length: int, overflow_errno: int
+    ) -> int | None:
+        """Check a syscall's ``[addr, addr + length)``; return its rounded end.
+
+        Returns ``None`` for a zero length. Raises ``EINVAL`` for an unaligned
+        ``addr`` and ``overflow_errno`` when the rounded range overflows.
+        """
+        self._check_open(what)
+        if addr & _PAGE_MASK:
+            raise _error(_errno.EINVAL, f"{what}: addr not page-aligned")
+        if length == 0:
+            return None
+        rounded = _round_up(length)
+        if rounded is None or addr + rounded > _U64:
+            raise _error(overflow_errno, f"{what}: range overflows")
+        return addr + rounded
+
     def _check_open(self, what: str) -> None:
         if self._closed:
             raise ClosedError(f"{what}: the address space is closed")
@@ -980,17 +998,13 @@ class AddressSpace:
         """
         addr = _check_addr("munmap", "addr", addr)
         length = _check_addr("munmap", "length", length)
-        self._check_open("munmap")
-        if addr & _PAGE_MASK:
-            raise _error(_errno.EINVAL, "munmap: addr not page-aligned")
-        if length == 0:
+        if length == 0 and not addr & _PAGE_MASK:
             raise _error(_errno.EINVAL, "munmap: length is 0")
-        rounded = _round_up(length)
-        if rounded is None or addr + rounded > _U64:
-            raise _error(_errno.EINVAL, "munmap: range overflows")
+        end = self._page_range("munmap", addr, length, _errno.EINVAL)
+        assert end is not None
         async with self._mapping_write():
             self._check_open("munmap")
-            await self._unmap_locked(addr, addr + rounded)
+            await self._unmap_locked(addr, end)
 
     # ------------------------------------------------------------------
     # mremap
@@ -1237,15 +1251,10 @@ class AddressSpace:
             raise TypeError(f"mprotect: perms must be an AccessType, got {perms!r}")
         if type(grows_down) is not bool:
             raise TypeError(f"mprotect: grows_down must be a bool, got {grows_down!r}")
-        self._check_open("mprotect")
-        if addr & _PAGE_MASK:
-            raise _error(_errno.EINVAL, "mprotect: addr not page-aligned")
-        if length == 0:
+        range_end = self._page_range("mprotect", addr, length, _errno.ENOMEM)
+        if range_end is None:
             return
-        rounded = _round_up(length)
-        if rounded is None or addr + rounded > _U64:
-            raise _error(_errno.ENOMEM, "mprotect: range overflows")
-        start, end = addr, addr + rounded
+        start, end = addr, range_end
         effective = perms.effective()
         async with self._mapping_write():
             self._check_open("mprotect")
@@ -1577,15 +1586,10 @@ class AddressSpace:
         for name, flag in (("invalidate", invalidate), ("sync", sync)):
             if type(flag) is not bool:
                 raise TypeError(f"msync: {name} must be a bool, got {flag!r}")
-        self._check_open("msync")
-        if addr & _PAGE_MASK:
-            raise _error(_errno.EINVAL, "msync: addr not page-aligned")
-        if length == 0:
+        range_end = self._page_range("msync", addr, length, _errno.ENOMEM)
+        if range_end is None:
             return
-        rounded = _round_up(length)
-        if rounded is None or addr + rounded > _U64:
-            raise _error(_errno.ENOMEM, "msync: range overflows")
-        start, end = addr, addr + rounded
+        start, end = addr, range_end
         lock = self._mapping_lock
         await lock.acquire_read()
         locked = True
@@ -1672,15 +1676,10 @@ class AddressSpace:
         length = _check_addr("madvise", "length", length)
         if type(advice) is not Advice:
             raise TypeError(f"madvise: advice must be an Advice, got {advice!r}")
-        self._check_open("madvise")
-        if addr & _PAGE_MASK:
-            raise _error(_errno.EINVAL, "madvise: addr not page-aligned")
-        rounded = _round_up(length)
-        if rounded is None or addr + rounded > _U64:
-            raise _error(_errno.EINVAL, "madvise: range overflows")
-        if length == 0:
+        range_end = self._page_range("madvise", addr, length, _errno.EINVAL)
+        if range_end is None:
             return
-        start, end = addr, addr + rounded
+        start, end = addr, range_end
         if advice is Advice.DONTNEED:
             await self._dontneed(start, end)
         elif advice in (Advice.DONTFORK, Advice.DOFORK):
