@@ -388,6 +388,18 @@ def _as_view(buf: memoryview | bytearray, *, writable: bool) -> memoryview:
     return view
 
 
+def _as_writable_view(buf: memoryview | bytearray) -> memoryview:
+    """``_as_view(buf, writable=True)``, with a fast path for a byte view."""
+    if (
+        type(buf) is memoryview
+        and buf.itemsize == 1
+        and buf.ndim == 1
+        and not buf.readonly
+    ):
+        return buf
+    return _as_view(buf, writable=True)
+
+
 async def read_fully(
     backing: Backing,
     offset: int,
@@ -440,8 +452,9 @@ async def read_fully(
         backing call or backoff sleep it lands in. ``buf`` may be partly
         filled.
     """
-    offset = _check_offset(offset)
-    view = _as_view(buf, writable=True)
+    if type(offset) is not int or offset < 0:
+        offset = _check_offset(offset)
+    view = _as_writable_view(buf)
     policy = _DEFAULT_RETRY if retry is None else retry
     if not isinstance(policy, RetryPolicy):
         raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
@@ -1520,8 +1533,9 @@ class HttpBacking:
             never returned to the pool half read; ``buf`` may be partly
             filled.
         """
-        offset = _check_offset(offset)
-        view = _as_view(buf, writable=True)
+        if type(offset) is not int or offset < 0:
+            offset = _check_offset(offset)
+        view = _as_writable_view(buf)
         session = self._session_here()
         want = len(view)
         if want == 0:

@@ -258,7 +258,17 @@ class _Fetch:
         self.stale = False
 
 
+def _round_up_size(size: int) -> int:
+    """``page_round_up(size)`` for a file size, with a fast path."""
+    rounded = (size + _PAGE_MASK) & ~_PAGE_MASK
+    if rounded >= ADDR_LIMIT or size < 0:
+        return page_round_up(size)  # Raises.
+    return rounded
+
+
 def _check_offset(what: str, name: str, value: object) -> int:
+    if type(value) is int and 0 <= value <= ADDR_LIMIT:
+        return value
     if not is_int(value):
         raise TypeError(f"{what}: {name} must be an int, got {value!r}")
     assert isinstance(value, int)
@@ -421,6 +431,7 @@ class CachedFile:
         "_slots",
         "_units",
         "_version",
+        "_whole",
         "_writable",
         "_write_through",
         "_write_tokens",
@@ -539,6 +550,8 @@ class CachedFile:
         self._pin_tokens = itertools.count()
         self._evictions = 0
         self._evict_tasks: set[asyncio.Task[None]] = set()
+        # (size, MappableRange(0, page-rounded size)) as read() last built it.
+        self._whole: tuple[int, MappableRange] | None = None
 
     def __repr__(self) -> str:
         size = "?" if self._size is None else f"{self._size:#x}"
@@ -734,10 +747,21 @@ class CachedFile:
 
     def _free(self, segs: list[Segment[int]]) -> None:
         """Drop this file's reference on the pages of removed cache segments."""
-        if self._mf.closed:
+        mf = self._mf
+        if mf.closed or not segs:
             return
-        for seg in segs:
-            self._mf.dec_ref(FileRange(seg.value, seg.value + seg.length))
+        # One dec_ref per run of contiguous memory-file pages: the same
+        # references are dropped, but the memory file frees (and punches a
+        # hole for) a whole run at once instead of page range by page range.
+        runs = sorted((seg.value, seg.value + seg.end - seg.start) for seg in segs)
+        lo, hi = runs[0]
+        for a, b in runs[1:]:
+            if a == hi:
+                hi = b
+                continue
+            mf.dec_ref(FileRange(lo, hi))
+            lo, hi = a, b
+        mf.dec_ref(FileRange(lo, hi))
 
     def _is_closed(self) -> bool:
         # A method call, so that a check after an await is not judged
@@ -809,12 +833,18 @@ class CachedFile:
         Neighbouring missing pages go into one fetch, up to ``max_fetch_bytes``.
         Does not await.
         """
-        holes: list[tuple[int, int]] = []
-        for gap in self._cache.gaps(start, end):
-            lo, hi = max(gap.start, start), min(gap.end, end)
-            holes.extend(
-                (max(h.start, lo), min(h.end, hi)) for h in self._fetches.gaps(lo, hi)
-            )
+        cache, fetches = self._cache, self._fetches
+        holes: list[tuple[int, int]]
+        if cache.is_empty_range(start, end) and fetches.is_empty_range(start, end):
+            # The common case of a cold access: one hole, the whole range.
+            holes = [(start, end)] if start < end else []
+        else:
+            holes = []
+            for gap in cache.gaps(start, end):
+                lo, hi = max(gap.start, start), min(gap.end, end)
+                holes.extend(
+                    (max(h.start, lo), min(h.end, hi)) for h in fetches.gaps(lo, hi)
+                )
         for lo, hi in holes:
             while lo < hi:
                 step = min(hi, lo + self._max_fetch)
@@ -839,7 +869,7 @@ class CachedFile:
         try:
             # Offsets being written straight to the backing are read after
             # the write.
-            while True:
+            while self._write_through:
                 pending = [
                     done
                     for s, e, done in self._write_through.values()
@@ -870,7 +900,7 @@ class CachedFile:
                 self._mf.dec_ref(fr)
             seg = self._fetches.find(fetch.start)
             if seg is not None and seg.value is fetch:
-                self._fetches.remove(seg)
+                self._fetches.delete(seg)
             fetch.done.set()
 
     async def _read_pages(self, fetch: _Fetch) -> FileRange:
@@ -953,30 +983,55 @@ class CachedFile:
         self._check_open("fetch")
         self._start_fetches(wstart, wend)
         while True:
-            self._check_open("fetch")
+            if self._closed:
+                self._check_open("fetch")
             if clip:
                 assert self._size is not None
-                end = min(end, page_round_up(self._size))
+                end = min(end, _round_up_size(self._size))
                 if end <= start:
                     raise BusError(EOFError(f"offset {start:#x} is past end of file"))
-            hole = self._cache.first_hole(start, end)
-            if hole is None:
+            cache = self._cache
+            cseg = cache.find(start)
+            if cseg is None:
+                hole_start = start
+            elif cseg.end >= end:
                 return
-            seg = self._fetches.find(hole.start)
+            else:
+                hole = cache.first_hole(cseg.end, end)
+                if hole is None:
+                    return
+                hole_start = hole.start
+            seg = self._fetches.find(hole_start)
             if seg is None:
                 # Discarded or failed before: fetch the required pages again.
-                self._start_fetches(hole.start, end)
-                seg = self._fetches.find(hole.start)
+                self._start_fetches(hole_start, end)
+                seg = self._fetches.find(hole_start)
                 assert seg is not None
             fetch = seg.value
             await fetch.done.wait()
             if fetch.error is not None:
                 raise BusError(fetch.error)
 
-    def _count(self, start: int, end: int) -> None:
+    def _count(self, start: int, end: int) -> bool:
+        """Count the hits and misses of ``[start, end)``; return whether all hit."""
+        seg = self._cache.find(start)
+        if seg is not None and seg.end >= end:
+            self._hits += (end - start) // PAGE_SIZE
+            return True
+        if seg is None and end - start == PAGE_SIZE:
+            self._misses += 1
+            return False
         present = self._cache.span_range(start, end)
         self._hits += present // PAGE_SIZE
         self._misses += (end - start - present) // PAGE_SIZE
+        return present == end - start
+
+    def _whole_file(self, size: int) -> MappableRange:
+        """Return ``MappableRange(0, page_round_up(size))``, reusing the last one."""
+        whole = self._whole
+        if whole is None or whole[0] != size:
+            whole = self._whole = (size, MappableRange(0, page_round_up(size)))
+        return whole[1]
 
     # ------------------------------------------------------------------
     # The cache budget (see Concurrency in the class docstring)
@@ -1369,22 +1424,36 @@ class CachedFile:
         """
         offset = _check_offset("read", "offset", offset)
         n = _check_offset("read", "n", n)
-        self._check_open("read")
-        size = await self._size_or_bus_error()
+        if self._closed:
+            self._check_open("read")
+        size = self._size
+        if size is None:
+            size = await self._size_or_bus_error()
         end = min(offset + n, size)
         if end <= offset:
             return b""
-        start_p, end_p = page_round_down(offset), page_round_up(end)
-        self._count(start_p, end_p)
-        rounded = page_round_up(size)
+        start_p, end_p = offset & ~_PAGE_MASK, (end + _PAGE_MASK) & ~_PAGE_MASK
+        if end_p >= ADDR_LIMIT:
+            end_p = page_round_up(end)  # Raises OverflowError.
+        cached = self._count(start_p, end_p)
         window = self._policy.window(
-            self._ra,
-            MappableRange(start_p, end_p),
-            MappableRange(0, rounded),
-            size,
+            self._ra, MappableRange(start_p, end_p), self._whole_file(size), size
         )
         try:
-            await self._populate(start_p, end_p, window.start, window.end, clip=True)
+            if cached:
+                # Nothing to wait for (so nothing to pin either): what
+                # _populate does when it finds the pages present.
+                if self._closed:
+                    self._check_open("fetch")
+                self._start_fetches(window.start, window.end)
+            elif self._budget:
+                await self._populate(
+                    start_p, end_p, window.start, window.end, clip=True
+                )
+            else:
+                await self._populate_unpinned(
+                    start_p, end_p, window.start, window.end, clip=True
+                )
         except BusError as exc:
             # A truncation racing this read moved the end of the file to or
             # below it: as at the end of any file, that reads nothing.
@@ -1400,10 +1469,18 @@ class CachedFile:
         end = min(end, self._size)
         if end <= offset:
             return b""
-        self._touch(start_p, page_round_up(end))
+        if self._budget:
+            self._touch(start_p, page_round_up(end))
         return self._copy_out(offset, end)
 
     def _copy_out(self, start: int, end: int) -> bytes:
+        seg = self._cache.find(start)
+        if seg is not None and seg.end >= end:
+            # One segment holds it all: one copy, no join.
+            fo = seg.value + (start - seg.start)
+            return self._mf.map_internal(
+                FileRange(fo, fo + end - start), AccessType.READ
+            ).tobytes()
         parts: list[bytes] = []
         for seg in self._cache.segments(start, end):
             lo, hi = max(seg.start, start), min(seg.end, end)

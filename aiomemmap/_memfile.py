@@ -908,7 +908,9 @@ class MemoryFile:
                     base += chunk
         if not at.write:
             blocks = [b.toreadonly() for b in blocks]
-        return BlockSeq(blocks)
+        # Slices of the chunk views are non-empty (start < end), contiguous,
+        # one-dimensional bytes: the checks of BlockSeq() would all pass.
+        return BlockSeq._trusted(tuple(blocks), end - start)
 
     # ------------------------------------------------------------------
     # Cache budget (the books only; see the class docstring)

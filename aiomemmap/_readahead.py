@@ -27,7 +27,7 @@ import enum
 from typing import Final, Protocol, final
 
 from aiomemmap._errors import AlignmentError
-from aiomemmap._pages import PAGE_SIZE, is_int, page_round_up
+from aiomemmap._pages import ADDR_LIMIT, PAGE_SIZE, is_int, page_round_up
 from aiomemmap._ranges import MappableRange
 
 __all__ = [
@@ -205,21 +205,25 @@ def _bounds(
         raise TypeError(f"file_size must be an int, got {file_size!r}")
     if file_size < 0:
         raise ValueError(f"file_size must not be negative, got {file_size}")
-    if required.length == 0:
+    # Plain arithmetic on the bounds: this runs on every access.
+    rs, re_, os_, oe = required.start, required.end, optional.start, optional.end
+    if rs == re_:
         raise ValueError(f"required {required} is empty")
-    if (required.start | required.end | optional.start | optional.end) & _PAGE_MASK:
+    if (rs | re_ | os_ | oe) & _PAGE_MASK:
         raise AlignmentError(
             f"required {required} and optional {optional} must be page-aligned"
         )
-    if not optional.is_superset_of(required):
+    if not (os_ <= rs and oe >= re_):
         raise ValueError(f"optional {optional} does not contain required {required}")
-    hi = min(optional.end, page_round_up(file_size))
-    if required.end > hi:
+    rounded = (file_size + _PAGE_MASK) & ~_PAGE_MASK
+    if rounded >= ADDR_LIMIT:
+        rounded = page_round_up(file_size)  # Raises, as it should.
+    hi = min(oe, rounded)
+    if re_ > hi:
         raise ValueError(
-            f"required {required} extends past the page-rounded file size "
-            f"{page_round_up(file_size):#x}"
+            f"required {required} extends past the page-rounded file size {rounded:#x}"
         )
-    return optional.start, hi
+    return os_, hi
 
 
 def _check_window_size(owner: str, name: str, value: object) -> int:

@@ -209,8 +209,10 @@ class SegmentMap(Generic[V]):
         self._check_range(start, end, allow_empty=True)
         if start == end:
             return True
-        seg = self.lower_bound_segment(start)
-        return seg is None or seg.start >= end
+        s, nxt = self._neighbours(start)
+        if s is not None and self._sd[s][0] > start:
+            return False  # The segment containing start overlaps.
+        return nxt is None or nxt >= end
 
     def span(self) -> int:
         """Return the total length of all segments.
@@ -868,6 +870,19 @@ class SegmentMap(Generic[V]):
             return sub[j - 1]  # type: ignore[no-any-return]
         return maxes[pos - 1] if pos else None
 
+    def _neighbours(self, key: int) -> tuple[int | None, int | None]:
+        """``(_floor(key), _higher(key))``, found with one descent."""
+        sl = self._keys
+        maxes = sl._maxes
+        pos = bisect_right(maxes, key)
+        if pos == len(maxes):
+            return (maxes[-1] if maxes else None), None
+        sub = sl._lists[pos]
+        j = bisect_right(sub, key)
+        if j:
+            return sub[j - 1], sub[j]
+        return (maxes[pos - 1] if pos else None), sub[j]
+
     def _higher(self, key: int) -> int | None:
         """The smallest segment start ``> key``, or ``None``."""
         sl = self._keys
@@ -951,12 +966,11 @@ class SegmentMap(Generic[V]):
         """Validate an insertion; return the starts of its two neighbours."""
         self._check_range(start, end, allow_empty=False)
         sd = self._sd
-        ps = self._floor(start)
+        ps, ns = self._neighbours(start)
         if ps is not None and sd[ps][0] > start:
             raise ValueError(
                 f"[{start:#x}, {end:#x}) overlaps segment [{ps:#x}, {sd[ps][0]:#x})"
             )
-        ns = self._higher(start)
         if ns is not None and ns < end:
             raise ValueError(
                 f"[{start:#x}, {end:#x}) overlaps segment [{ns:#x}, {sd[ns][0]:#x})"

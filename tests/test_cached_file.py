@@ -931,3 +931,50 @@ async def test_cached_file_size_question_failing_past_retries_is_bus_error(mf):
     # The next access asks again, and the backing has recovered.
     assert await f.read(0, 10) == data[:10]
     await closed_and_balanced(f, mf)
+
+
+# ----------------------------------------------------------------------
+# Fast paths of the random-read path
+
+
+async def test_cached_file_read_fast_paths_count_and_copy(mf):
+    data = pattern(16 * P + 123)
+    f = CachedFile(BytesBacking(data), mf, readahead=NoReadahead())
+    # A cold single page: one miss; then a hit served from one segment.
+    assert await f.read(5 * P + 7, 100) == data[5 * P + 7 : 5 * P + 107]
+    assert await f.read(5 * P, P) == data[5 * P : 6 * P]
+    s = f.statistics()
+    assert (s.hits, s.misses, s.fetches) == (1, 1, 1)
+    # Pages cached by separate fetches: a read across them is a hit that
+    # spans two segments; a read half cached is counted page by page.
+    assert await f.read(6 * P, 10) == data[6 * P : 6 * P + 10]
+    assert await f.read(5 * P + 10, P) == data[5 * P + 10 : 6 * P + 10]
+    assert await f.read(6 * P, 3 * P) == data[6 * P : 9 * P]
+    s = f.statistics()
+    assert (s.hits, s.misses) == (1 + 0 + 2 + 1, 1 + 1 + 0 + 2)
+    # The short last page, past the end and at the very end.
+    assert await f.read(16 * P + 100, 1000) == data[16 * P + 100 :]
+    assert await f.read(16 * P + 123, 1) == b""
+    f.check_invariants()
+    await closed_and_balanced(f, mf)
+
+
+async def test_cached_file_free_coalesces_runs_and_keeps_other_refs(mf):
+    data = pattern(32 * P)
+    f = CachedFile(BytesBacking(data), mf, readahead=NoReadahead())
+    # Pages fetched one by one in random order: their memory-file pages are
+    # allocated in fetch order, so the cache maps them out of order.
+    order = random.Random(7).sample(range(32), 32)
+    for i in order:
+        assert await f.read(i * P, P) == data[i * P : (i + 1) * P]
+    # Another holder of one page keeps it alive after the file is closed.
+    ts, err = await f.translate(M(9 * P, 10 * P), M(9 * P, 10 * P), AccessType.READ)
+    assert err is None
+    fr = ts[0].file_range()
+    mf.inc_ref(fr)
+    assert cache_bytes(mf) == 32 * P
+    await f.aclose()
+    assert mf.statistics().used_bytes == P
+    assert mf.map_internal(fr, AccessType.READ).tobytes() == data[9 * P : 10 * P]
+    mf.dec_ref(fr)
+    assert mf.statistics().used_bytes == 0
