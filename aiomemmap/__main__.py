@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from aiomemmap._cli import main
+from aiomemmap.tools.cli import main
 
 raise SystemExit(main())

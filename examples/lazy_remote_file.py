@@ -26,7 +26,7 @@ from aiomemmap import (
     MMapOpts,
     open_backing,
 )
-from aiomemmap._http_server import RangeHTTPServer
+from aiomemmap.tools.http_server import RangeHTTPServer
 
 SIZE = 64 << 20
 READS = 64

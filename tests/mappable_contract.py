@@ -32,13 +32,13 @@ from typing import Any
 
 import anyio
 
-from aiomemmap._access import AccessType
-from aiomemmap._blockseq import BlockSeq, copy_seq
-from aiomemmap._errors import BusError
-from aiomemmap._memfile import MemoryFile
-from aiomemmap._memmap import InvalidateOpts, check_translate_result
-from aiomemmap._pages import PAGE_SIZE
-from aiomemmap._ranges import AddrRange, MappableRange
+from aiomemmap._core.access import AccessType
+from aiomemmap._core.blockseq import BlockSeq, copy_seq
+from aiomemmap._core.errors import BusError
+from aiomemmap._core.pages import PAGE_SIZE
+from aiomemmap._core.ranges import AddrRange, MappableRange
+from aiomemmap.memmap.interfaces import InvalidateOpts, check_translate_result
+from aiomemmap.pgalloc.memory_file import MemoryFile
 
 P = PAGE_SIZE
 Cleanup = Callable[[], Awaitable[None]]

@@ -1,4 +1,4 @@
-"""Tests for access types (``aiomemmap._access``)."""
+"""Tests for access types (``aiomemmap._core.access``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aiomemmap._access import AccessType
+from aiomemmap._core.access import AccessType
 
 ALL_FLAGS = list(itertools.product([False, True], repeat=3))
 ALL = [AccessType(r, w, x) for r, w, x in ALL_FLAGS]

@@ -17,7 +17,8 @@ import fsspec
 import fsspec.core
 import pytest
 
-from aiomemmap._backing import (
+from aiomemmap._core.errors import ClosedError
+from aiomemmap.backings.base import (
     Backing,
     BytesBacking,
     FaultInjectingBacking,
@@ -29,8 +30,7 @@ from aiomemmap._backing import (
     open_backing,
     read_fully,
 )
-from aiomemmap._errors import ClosedError
-from aiomemmap._http_server import RangeHTTPServer
+from aiomemmap.tools.http_server import RangeHTTPServer
 from tests.s3_server import moto_s3
 
 DATA = bytes((i * 7 + 3) % 251 for i in range(10_000))
@@ -763,7 +763,7 @@ def test_open_backing_type_error() -> None:
 
 
 async def test_call_with_retry_retries_transient_then_gives_up():
-    from aiomemmap._backing import RetryPolicy, call_with_retry
+    from aiomemmap.backings.base import RetryPolicy, call_with_retry
 
     calls = []
 

@@ -11,13 +11,13 @@ from collections.abc import Callable
 import anyio
 import pytest
 
-from aiomemmap._bus import BusStatistics, InvalidationBus, default_bus
-from aiomemmap._debug import set_debug
-from aiomemmap._errors import AlignmentError, LockOrderError
-from aiomemmap._locks import LockRank, OrderedLock, OrderedRWLock
-from aiomemmap._memmap import InvalidateOpts
-from aiomemmap._pages import PAGE_SIZE
-from aiomemmap._ranges import AddrRange, MappableRange
+from aiomemmap._core.debug import set_debug
+from aiomemmap._core.errors import AlignmentError, LockOrderError
+from aiomemmap._core.locks import LockRank, OrderedLock, OrderedRWLock
+from aiomemmap._core.pages import PAGE_SIZE
+from aiomemmap._core.ranges import AddrRange, MappableRange
+from aiomemmap.memmap.bus import BusStatistics, InvalidationBus, default_bus
+from aiomemmap.memmap.interfaces import InvalidateOpts
 
 DEADLINE = 10
 OPTS = InvalidateOpts()

@@ -8,14 +8,14 @@ import random
 import anyio
 import pytest
 
-from aiomemmap._access import AccessType
-from aiomemmap._backing import BytesBacking
-from aiomemmap._cached_file import CachedFile
-from aiomemmap._memfile import MemoryFile, MemoryKind
-from aiomemmap._memmap import InvalidateOpts
-from aiomemmap._pages import PAGE_SIZE
-from aiomemmap._ranges import AddrRange, FileRange, MappableRange
-from aiomemmap._readahead import FixedReadahead, NoReadahead
+from aiomemmap._core.access import AccessType
+from aiomemmap._core.pages import PAGE_SIZE
+from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
+from aiomemmap.backings.base import BytesBacking
+from aiomemmap.mappables.cached_file import CachedFile
+from aiomemmap.mappables.readahead import FixedReadahead, NoReadahead
+from aiomemmap.memmap.interfaces import InvalidateOpts
+from aiomemmap.pgalloc.memory_file import MemoryFile, MemoryKind
 
 P = PAGE_SIZE
 KiB = 1024
@@ -465,7 +465,7 @@ async def test_memory_file_budget_books(mf):
 
 
 def test_bench_p6_row_in_process(monkeypatch):
-    from aiomemmap.bench import _remote, run_benchmarks
+    from aiomemmap.tools.bench import _remote, run_benchmarks
 
     monkeypatch.setattr(_remote, "BUDGET_SCAN_BYTES", 24 * MiB + 12345)
     monkeypatch.setattr(_remote, "BUDGET_LIMIT", 4 * MiB)

@@ -8,21 +8,21 @@ import random
 import anyio
 import pytest
 
-from aiomemmap._access import AccessType
-from aiomemmap._backing import BytesBacking, FaultInjectingBacking, RetryPolicy
-from aiomemmap._cached_file import CachedFile, CacheStatistics
-from aiomemmap._errors import AlignmentError, BusError, ClosedError, LockOrderError
-from aiomemmap._locks import LockRank, OrderedLock
-from aiomemmap._memfile import MemoryFile, MemoryKind
-from aiomemmap._memmap import InvalidateOpts, check_translate_result
-from aiomemmap._pages import PAGE_SIZE
-from aiomemmap._ranges import AddrRange, FileRange, MappableRange
-from aiomemmap._readahead import (
+from aiomemmap._core.access import AccessType
+from aiomemmap._core.errors import AlignmentError, BusError, ClosedError, LockOrderError
+from aiomemmap._core.locks import LockRank, OrderedLock
+from aiomemmap._core.pages import PAGE_SIZE
+from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
+from aiomemmap.backings.base import BytesBacking, FaultInjectingBacking, RetryPolicy
+from aiomemmap.mappables.cached_file import CachedFile, CacheStatistics
+from aiomemmap.mappables.readahead import (
     AdaptiveReadahead,
     FixedReadahead,
     NoReadahead,
     ReadaheadHint,
 )
+from aiomemmap.memmap.interfaces import InvalidateOpts, check_translate_result
+from aiomemmap.pgalloc.memory_file import MemoryFile, MemoryKind
 
 P = PAGE_SIZE
 KiB = 1024

@@ -27,22 +27,22 @@ import fsspec
 import fsspec.core
 import pytest
 
-from aiomemmap._access import AccessType
-from aiomemmap._backing import (
+from aiomemmap._core.access import AccessType
+from aiomemmap._core.errors import BusError, ClosedError
+from aiomemmap._core.pages import PAGE_SIZE
+from aiomemmap._core.ranges import AddrRange, MappableRange
+from aiomemmap.backings.base import (
     Backing,
     FaultInjectingBacking,
     FsspecBacking,
     RetryPolicy,
     open_backing,
 )
-from aiomemmap._cached_file import CachedFile
-from aiomemmap._errors import BusError, ClosedError
-from aiomemmap._http_server import RangeHTTPServer
-from aiomemmap._memfile import MemoryFile, MemoryKind
-from aiomemmap._memmap import InvalidateOpts, check_translate_result
-from aiomemmap._pages import PAGE_SIZE
-from aiomemmap._ranges import AddrRange, MappableRange
-from aiomemmap._readahead import NoReadahead
+from aiomemmap.mappables.cached_file import CachedFile
+from aiomemmap.mappables.readahead import NoReadahead
+from aiomemmap.memmap.interfaces import InvalidateOpts, check_translate_result
+from aiomemmap.pgalloc.memory_file import MemoryFile, MemoryKind
+from aiomemmap.tools.http_server import RangeHTTPServer
 from tests.s3_server import moto_s3
 
 P = PAGE_SIZE

@@ -15,9 +15,9 @@ import pytest
 import yarl
 
 from aiomemmap import BusError
-from aiomemmap._cat import cat
-from aiomemmap._cli import describe_error, main
-from aiomemmap._demo import (
+from aiomemmap.tools.cat import cat
+from aiomemmap.tools.cli import describe_error, main
+from aiomemmap.tools.demo import (
     DemoOptions,
     WorkloadResult,
     make_payload,
@@ -25,7 +25,7 @@ from aiomemmap._demo import (
     render_table,
     run_demo,
 )
-from aiomemmap._http_server import RangeHTTPServer
+from aiomemmap.tools.http_server import RangeHTTPServer
 
 PAYLOAD = make_payload(3 * 4096 + 123, seed=7)
 
@@ -379,8 +379,8 @@ def test_cli_bench_unknown_id_is_a_one_line_error():
 
 
 def test_bench_rows_in_process(capsys):
-    from aiomemmap.bench import render_table as render_bench
-    from aiomemmap.bench import run_benchmarks
+    from aiomemmap.tools.bench import render_table as render_bench
+    from aiomemmap.tools.bench import run_benchmarks
 
     rows = run_benchmarks(["m1", "M2", "M3", "M4", "M5"])
     assert [r.id for r in rows] == ["M1", "M2", "M3", "M4", "M5"]
@@ -395,7 +395,7 @@ def test_bench_rows_in_process(capsys):
 
 
 def test_bench_remote_rows_in_process(monkeypatch):
-    from aiomemmap.bench import _remote, run_benchmarks
+    from aiomemmap.tools.bench import _remote, run_benchmarks
 
     monkeypatch.setattr(_remote, "SCAN_BYTES", 4 * 1024 * 1024)
     monkeypatch.setattr(_remote, "RANDOM_FILE_BYTES", 4 * 1024 * 1024)

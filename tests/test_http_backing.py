@@ -17,8 +17,11 @@ import anyio
 import pytest
 from aiohttp import web
 
-from aiomemmap._access import AccessType
-from aiomemmap._backing import (
+from aiomemmap._core.access import AccessType
+from aiomemmap._core.errors import ClosedError
+from aiomemmap._core.pages import PAGE_SIZE
+from aiomemmap._core.ranges import MappableRange
+from aiomemmap.backings.base import (
     HttpBacking,
     RetryPolicy,
     call_with_retry,
@@ -26,12 +29,9 @@ from aiomemmap._backing import (
     open_backing,
     read_fully,
 )
-from aiomemmap._cached_file import CachedFile
-from aiomemmap._errors import ClosedError
-from aiomemmap._http_server import RangeHTTPServer
-from aiomemmap._memfile import MemoryFile
-from aiomemmap._pages import PAGE_SIZE
-from aiomemmap._ranges import MappableRange
+from aiomemmap.mappables.cached_file import CachedFile
+from aiomemmap.pgalloc.memory_file import MemoryFile
+from aiomemmap.tools.http_server import RangeHTTPServer
 
 DATA = bytes((i * 13 + 5) % 251 for i in range(3 * PAGE_SIZE + 321))
 NEW_DATA = b"replaced " * 500

@@ -8,7 +8,7 @@ import aiohttp
 import anyio
 import pytest
 
-from aiomemmap._http_server import RangeHTTPServer, _parse_range
+from aiomemmap.tools.http_server import RangeHTTPServer, _parse_range
 
 DATA = bytes(range(256)) * 4  # 1024 bytes
 

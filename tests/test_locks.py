@@ -10,10 +10,10 @@ from typing import TypeVar
 import anyio
 import pytest
 
-from aiomemmap import _locks
-from aiomemmap._debug import set_debug
-from aiomemmap._errors import AiomemmapError, LockOrderError
-from aiomemmap._locks import (
+from aiomemmap._core import locks as _locks
+from aiomemmap._core.debug import set_debug
+from aiomemmap._core.errors import AiomemmapError, LockOrderError
+from aiomemmap._core.locks import (
     LockRank,
     OrderedLock,
     OrderedRWLock,

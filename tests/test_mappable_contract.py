@@ -11,17 +11,17 @@ from collections.abc import Awaitable, Callable
 import fsspec
 import pytest
 
-from aiomemmap._backing import (
+from aiomemmap.backings.base import (
     Backing,
     BytesBacking,
     FsspecBacking,
     LocalFileBacking,
     open_backing,
 )
-from aiomemmap._cached_file import CachedFile
-from aiomemmap._http_server import RangeHTTPServer
-from aiomemmap._memfile import MemoryFile
-from aiomemmap._shared_memory import SharedMemory
+from aiomemmap.mappables.cached_file import CachedFile
+from aiomemmap.mappables.shared_memory import SharedMemory
+from aiomemmap.pgalloc.memory_file import MemoryFile
+from aiomemmap.tools.http_server import RangeHTTPServer
 from tests.mappable_contract import (
     CONTRACT_CHECKS,
     READ_ONLY_CHECKS,

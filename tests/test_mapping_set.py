@@ -6,11 +6,11 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from aiomemmap._bus import InvalidationBus
-from aiomemmap._errors import AlignmentError
-from aiomemmap._mapping_set import MappingSet
-from aiomemmap._memmap import InvalidateOpts
-from aiomemmap._ranges import AddrRange, FileRange, MappableRange
+from aiomemmap._core.errors import AlignmentError
+from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
+from aiomemmap.memmap.bus import InvalidationBus
+from aiomemmap.memmap.interfaces import InvalidateOpts
+from aiomemmap.memmap.mapping_set import MappingSet
 
 P = 0x1000
 

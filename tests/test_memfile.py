@@ -18,18 +18,20 @@ from hypothesis.stateful import (
     rule,
 )
 
-from aiomemmap import _memfile
-from aiomemmap._access import AccessType
-from aiomemmap._blockseq import BlockSeq, copy_seq
-from aiomemmap._debug import set_debug
-from aiomemmap._errors import (
+from aiomemmap._core.access import AccessType
+from aiomemmap._core.blockseq import BlockSeq, copy_seq
+from aiomemmap._core.debug import set_debug
+from aiomemmap._core.errors import (
     AccessDeniedError,
     AlignmentError,
     ClosedError,
     OutOfMemoryError,
     RefCountError,
 )
-from aiomemmap._memfile import (
+from aiomemmap._core.pages import HUGE_PAGE_SIZE, PAGE_SIZE
+from aiomemmap._core.ranges import AddrRange, FileRange
+from aiomemmap.pgalloc import memory_file as _memfile
+from aiomemmap.pgalloc.memory_file import (
     DEFAULT_CHUNK_SIZE,
     MAX_FILE_SIZE,
     MemoryFile,
@@ -37,8 +39,6 @@ from aiomemmap._memfile import (
     MemoryKind,
     _FreeExtents,
 )
-from aiomemmap._pages import HUGE_PAGE_SIZE, PAGE_SIZE
-from aiomemmap._ranges import AddrRange, FileRange
 
 P = PAGE_SIZE
 CHUNK = HUGE_PAGE_SIZE  # Small chunks so that tests cross chunk boundaries.

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from aiomemmap._access import AccessType
-from aiomemmap._blockseq import BlockSeq
-from aiomemmap._errors import AlignmentError, BusError
-from aiomemmap._memmap import (
+from aiomemmap._core.access import AccessType
+from aiomemmap._core.blockseq import BlockSeq
+from aiomemmap._core.errors import AlignmentError, BusError
+from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
+from aiomemmap.memmap.interfaces import (
     File,
     InvalidateOpts,
     Mappable,
@@ -23,7 +24,6 @@ from aiomemmap._memmap import (
     Translation,
     check_translate_result,
 )
-from aiomemmap._ranges import AddrRange, FileRange, MappableRange
 
 P = 0x1000
 R = AccessType.READ

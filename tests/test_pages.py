@@ -1,4 +1,4 @@
-"""Tests for page sizes and page rounding (``aiomemmap._pages``)."""
+"""Tests for page sizes and page rounding (``aiomemmap._core.pages``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aiomemmap._pages import (
+from aiomemmap._core.pages import (
     ADDR_LIMIT,
     HUGE_PAGE_SIZE,
     PAGE_SIZE,

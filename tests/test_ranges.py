@@ -1,4 +1,4 @@
-"""Tests for the half-open range types (``aiomemmap._ranges``)."""
+"""Tests for the half-open range types (``aiomemmap._core.ranges``)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aiomemmap._pages import PAGE_SIZE, is_page_aligned
-from aiomemmap._ranges import AddrRange, FileRange, MappableRange
+from aiomemmap._core.pages import PAGE_SIZE, is_page_aligned
+from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
 
 U64 = 2**64
 # The three kinds share one implementation; tests drive them generically.

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aiomemmap._errors import AlignmentError
-from aiomemmap._pages import PAGE_SIZE, page_round_up
-from aiomemmap._ranges import MappableRange
-from aiomemmap._readahead import (
+from aiomemmap._core.errors import AlignmentError
+from aiomemmap._core.pages import PAGE_SIZE, page_round_up
+from aiomemmap._core.ranges import MappableRange
+from aiomemmap.mappables.readahead import (
     DEFAULT_INITIAL_WINDOW,
     DEFAULT_MAXIMUM_WINDOW,
     AdaptiveReadahead,

@@ -1,4 +1,4 @@
-"""Tests for the segment map (``aiomemmap._segments``).
+"""Tests for the segment map (``aiomemmap._core.segments``).
 
 The table tests and the randomised structural tests follow the cases of
 gVisor's ``pkg/segment`` tests (Key=int, Value=int, merge iff the values are
@@ -24,7 +24,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from aiomemmap._segments import (
+from aiomemmap._core.segments import (
     NO_MERGE,
     Gap,
     NoMerge,

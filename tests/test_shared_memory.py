@@ -19,12 +19,10 @@ from hypothesis.stateful import (
     rule,
 )
 
-from aiomemmap._access import AccessType
-from aiomemmap._errors import AlignmentError, BusError, ClosedError, RefCountError
-from aiomemmap._memfile import MemoryFile, MemoryKind
-from aiomemmap._memmap import check_translate_result
-from aiomemmap._ranges import AddrRange, FileRange, MappableRange
-from aiomemmap._shared_memory import (
+from aiomemmap._core.access import AccessType
+from aiomemmap._core.errors import AlignmentError, BusError, ClosedError, RefCountError
+from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
+from aiomemmap.mappables.shared_memory import (
     FILL_LIMIT,
     MAX_SHARED_MEMORY_SIZE,
     SHARED_MEMORY_DEVICE_ID,
@@ -32,6 +30,8 @@ from aiomemmap._shared_memory import (
     SharedMemory,
     max_optional_range,
 )
+from aiomemmap.memmap.interfaces import check_translate_result
+from aiomemmap.pgalloc.memory_file import MemoryFile, MemoryKind
 from tests.mappable_contract import P, RecordingSpace, pattern
 
 MiB = 1024 * 1024
@@ -604,7 +604,7 @@ async def test_cancel_at_each_await_leaks_nothing(
 
 
 def _detached() -> Any:
-    from aiomemmap._locks import detached_context
+    from aiomemmap._core.locks import detached_context
 
     return detached_context()
 

@@ -15,8 +15,8 @@ from aiomemmap import (
     MLockMode,
     MRemapMove,
 )
-from aiomemmap._segments import NO_MERGE, SegmentMap
-from aiomemmap._vma import Pma, Vma, make_vma_functions, merge_pmas, split_pma
+from aiomemmap._core.segments import NO_MERGE, SegmentMap
+from aiomemmap.mm.vma import Pma, Vma, make_vma_functions, merge_pmas, split_pma
 
 P = PAGE_SIZE
 
