@@ -17,10 +17,12 @@ __all__ = [
     "AlignmentError",
     "BusError",
     "ClosedError",
+    "InvariantError",
     "LockOrderError",
     "MemoryFault",
     "OutOfMemoryError",
     "RefCountError",
+    "check_invariant",
 ]
 
 
@@ -47,6 +49,30 @@ class OutOfMemoryError(AiomemmapError, MemoryError):
 
 class LockOrderError(AiomemmapError, RuntimeError):
     """A lock was taken out of rank order while debug checks are on."""
+
+
+class InvariantError(AiomemmapError, AssertionError):
+    """An internal invariant does not hold: a bug in aiomemmap, never bad input.
+
+    Raised by the ``check_invariants()`` methods. It is raised explicitly, so
+    the checks keep working under ``python -O`` (where ``assert`` is
+    skipped).
+    """
+
+
+def check_invariant(condition: object, message: str) -> None:
+    """Raise :class:`InvariantError` with ``message`` unless ``condition`` holds.
+
+    Args:
+        condition: What must be true.
+        message: What it means, for the error (build it cheaply, or use an
+            ``if`` and raise directly when it is costly to format).
+
+    Raises:
+        InvariantError: ``condition`` is false.
+    """
+    if not condition:
+        raise InvariantError(message)
 
 
 class ClosedError(AiomemmapError, RuntimeError):
