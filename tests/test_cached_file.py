@@ -8,6 +8,7 @@ import random
 import anyio
 import pytest
 
+from aiomemmap import InvalidationBus
 from aiomemmap._core.access import AccessType
 from aiomemmap._core.errors import AlignmentError, BusError, ClosedError, LockOrderError
 from aiomemmap._core.locks import LockRank, OrderedLock
@@ -21,6 +22,7 @@ from aiomemmap.mappables.readahead import (
     NoReadahead,
     ReadaheadHint,
 )
+from aiomemmap.memmap.bus import default_bus
 from aiomemmap.memmap.interfaces import InvalidateOpts, check_translate_result
 from aiomemmap.pgalloc.memory_file import MemoryFile, MemoryKind
 
@@ -978,3 +980,29 @@ async def test_cached_file_free_coalesces_runs_and_keeps_other_refs(mf):
     assert mf.map_internal(fr, AccessType.READ).tobytes() == data[9 * P : 10 * P]
     mf.dec_ref(fr)
     assert mf.statistics().used_bytes == 0
+
+
+# ----------------------------------------------------------------------
+# The bus
+
+
+async def test_cached_file_invalidations_go_to_the_given_bus(mf):
+    own = InvalidationBus()
+    f = CachedFile(BytesBacking(pattern(4 * P)), mf, writable=True, bus=own)
+    ms = RecordingSpace()
+    await f.add_mapping(ms, AddrRange(0x10000, 0x14000), 0, True)
+    await f.translate(M(0, 4 * P), M(0, 4 * P), AccessType.READ)
+    before = default_bus().statistics()
+    await f.truncate(P)
+    stats = own.statistics()
+    assert (stats.publishes, stats.deliveries) == (1, 1)
+    assert [ar for ar, _ in ms.inv] == [AddrRange(0x11000, 0x14000)]
+    after = default_bus().statistics()
+    assert (after.publishes, after.deliveries) == (before.publishes, before.deliveries)
+    await f.remove_mapping(ms, AddrRange(0x10000, 0x14000), 0, True)
+    await closed_and_balanced(f, mf)
+
+
+def test_cached_file_bus_must_be_an_invalidation_bus(mf):
+    with pytest.raises(TypeError):
+        CachedFile(BytesBacking(b""), mf, bus=object())

@@ -19,6 +19,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from aiomemmap import InvalidationBus
 from aiomemmap._core.access import AccessType
 from aiomemmap._core.errors import AlignmentError, BusError, ClosedError, RefCountError
 from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
@@ -30,6 +31,7 @@ from aiomemmap.mappables.shared_memory import (
     SharedMemory,
     max_optional_range,
 )
+from aiomemmap.memmap.bus import default_bus
 from aiomemmap.memmap.interfaces import check_translate_result
 from aiomemmap.pgalloc.memory_file import MemoryFile, MemoryKind
 from tests.mappable_contract import P, RecordingSpace, pattern
@@ -825,3 +827,28 @@ class SharedMemoryMachine(RuleBasedStateMachine):
 
 
 TestSharedMemoryMachine = SharedMemoryMachine.TestCase
+
+
+# --------------------------------------------------------------------------
+# The bus
+
+
+async def test_invalidations_go_to_the_given_bus(mf: MemoryFile) -> None:
+    own = InvalidationBus()
+    sm = SharedMemory(mf, 4 * P, bus=own)
+    ms = RecordingSpace()
+    await sm.add_mapping(ms, AddrRange(0, 4 * P), 0, True)
+    before = default_bus().statistics()
+    await sm.truncate(P)
+    stats = own.statistics()
+    assert (stats.publishes, stats.deliveries) == (1, 1)
+    assert ms.pages() == {P, 2 * P, 3 * P}
+    after = default_bus().statistics()
+    assert (after.publishes, after.deliveries) == (before.publishes, before.deliveries)
+    await sm.remove_mapping(ms, AddrRange(0, 4 * P), 0, True)
+    await sm.aclose()
+
+
+def test_bus_must_be_an_invalidation_bus(mf: MemoryFile) -> None:
+    with pytest.raises(TypeError):
+        SharedMemory(mf, bus=object())  # type: ignore[arg-type]

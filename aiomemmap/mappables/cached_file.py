@@ -63,6 +63,7 @@ from aiomemmap.mappables.readahead import (
     ReadaheadHint,
     ReadaheadPolicy,
 )
+from aiomemmap.memmap.bus import InvalidationBus
 from aiomemmap.memmap.interfaces import (
     InvalidateOpts,
     MappingSpace,
@@ -320,9 +321,12 @@ class CachedFile:
         max_fetch_bytes: The most one fetch reads: a positive multiple of
             ``PAGE_SIZE``.
         max_fetches_in_flight: How many fetches may read at once: positive.
+        bus: The bus this file publishes invalidations of its mappings on;
+            ``None`` means the process-wide default bus.
 
     Raises:
-        TypeError: An argument has the wrong type.
+        TypeError: An argument has the wrong type (``bus`` included: it
+            must be an :class:`~aiomemmap.InvalidationBus` or None).
         ValueError: A size is out of range (``AlignmentError`` if not a
             multiple of ``PAGE_SIZE``).
         PermissionError: ``writable`` with a read-only backing.
@@ -452,6 +456,7 @@ class CachedFile:
         retry: RetryPolicy | None = None,
         max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES,
         max_fetches_in_flight: int = DEFAULT_MAX_FETCHES_IN_FLIGHT,
+        bus: InvalidationBus | None = None,
     ) -> None:
         owner = "CachedFile"
         missing = [
@@ -525,7 +530,7 @@ class CachedFile:
         self._slots = asyncio.Semaphore(int(max_fetches_in_flight))
         self._lock = OrderedLock(LockRank.MAPPABLE, "CachedFile.lock")
         # Protected by self._lock.
-        self._mappings = MappingSet()
+        self._mappings = MappingSet(bus=bus)
         # The cache state below changes only between awaits (see Concurrency).
         self._cache: SegmentMap[int] = SegmentMap(
             _merge_file_offsets, _split_file_offsets

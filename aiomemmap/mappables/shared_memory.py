@@ -31,6 +31,7 @@ from aiomemmap._core.locks import LockRank, OrderedLock
 from aiomemmap._core.pages import ADDR_LIMIT, PAGE_MASK, PAGE_SIZE, is_int
 from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
 from aiomemmap._core.segments import NO_MERGE, NoMerge, Segment, SegmentMap
+from aiomemmap.memmap.bus import InvalidationBus
 from aiomemmap.memmap.interfaces import (
     InvalidateOpts,
     MappingSpace,
@@ -172,9 +173,12 @@ class SharedMemory:
         size: The initial size in bytes; the contents read as zero.
         name: What :meth:`mapped_name` returns; if empty,
             ``"/memfd:shm-<inode id> (deleted)"``.
+        bus: The bus this file publishes invalidations of its mappings on;
+            ``None`` means the process-wide default bus.
 
     Raises:
-        TypeError: An argument has the wrong type.
+        TypeError: An argument has the wrong type (``bus`` included: it
+            must be an :class:`~aiomemmap.InvalidationBus` or None).
         ValueError: ``size`` is negative or above
             :data:`MAX_SHARED_MEMORY_SIZE`, or ``name`` contains a NUL.
         ClosedError: ``memory_file`` is closed.
@@ -216,7 +220,12 @@ class SharedMemory:
     )
 
     def __init__(
-        self, memory_file: MemoryFile, size: int = 0, *, name: str = ""
+        self,
+        memory_file: MemoryFile,
+        size: int = 0,
+        *,
+        name: str = "",
+        bus: InvalidationBus | None = None,
     ) -> None:
         if not isinstance(memory_file, MemoryFile):
             raise TypeError(
@@ -240,7 +249,7 @@ class SharedMemory:
         self._mappings_lock = OrderedLock(LockRank.MAPPABLE, "SharedMemory.mappings")
         self._data_lock = OrderedLock(LockRank.TRANSLATE, "SharedMemory.data")
         # Protected by self._mappings_lock.
-        self._mappings = MappingSet()
+        self._mappings = MappingSet(bus=bus)
         # Protected by self._data_lock (changes of _size also need
         # self._mappings_lock).
         self._size = size
