@@ -16,7 +16,8 @@ from aiomemmap import (
     MRemapMove,
 )
 from aiomemmap._core.segments import NO_MERGE, SegmentMap
-from aiomemmap.mm.vma import Pma, Vma, make_vma_functions, merge_pmas, split_pma
+from aiomemmap.mm.pma import Pma, merge_pmas, split_pma
+from aiomemmap.mm.vma import Vma, make_vma_functions
 
 P = PAGE_SIZE
 
