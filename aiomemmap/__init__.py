@@ -10,77 +10,94 @@ The public API, by layer (each layer builds only on the ones before it):
   :func:`check_translate_result`, :class:`BlockSeq`;
 * the memory file: :class:`MemoryFile`;
 * the mapping set, ordered locks and the invalidation bus:
-  :class:`MappingSet`, :class:`OrderedLock`, :class:`InvalidationBus`.
+  :class:`MappingSet`, :class:`OrderedLock`, :class:`InvalidationBus`;
+* backings, the Mappables and the address space: :class:`Backing`,
+  :func:`open_backing`, :class:`CachedFile`, :class:`SharedMemory`,
+  :class:`AddressSpace`.
+
+Every name is loaded on first use (PEP 562): ``import aiomemmap`` runs this
+module alone, on the standard library, and ``aiomemmap.CachedFile`` imports
+what a cached file needs. Only :class:`HttpBacking`, :class:`FsspecBacking`
+and :func:`open_backing` of a URL that needs them load aiohttp or fsspec.
 """
 
 from __future__ import annotations
 
-from aiomemmap._core.access import AccessType as AccessType
-from aiomemmap._core.blockseq import BlockSeq as BlockSeq
-from aiomemmap._core.blockseq import copy_seq as copy_seq
-from aiomemmap._core.blockseq import zero_seq as zero_seq
-from aiomemmap._core.debug import is_debug as is_debug
-from aiomemmap._core.debug import set_debug as set_debug
-from aiomemmap._core.errors import AccessDeniedError as AccessDeniedError
-from aiomemmap._core.errors import AddressSpaceError as AddressSpaceError
-from aiomemmap._core.errors import AiomemmapError as AiomemmapError
-from aiomemmap._core.errors import AlignmentError as AlignmentError
-from aiomemmap._core.errors import BusError as BusError
-from aiomemmap._core.errors import ClosedError as ClosedError
-from aiomemmap._core.errors import LockOrderError as LockOrderError
-from aiomemmap._core.errors import MemoryFault as MemoryFault
-from aiomemmap._core.errors import OutOfMemoryError as OutOfMemoryError
-from aiomemmap._core.errors import RefCountError as RefCountError
-from aiomemmap._core.locks import LockRank as LockRank
-from aiomemmap._core.locks import OrderedLock as OrderedLock
-from aiomemmap._core.locks import OrderedRWLock as OrderedRWLock
-from aiomemmap._core.pages import HUGE_PAGE_SIZE as HUGE_PAGE_SIZE
-from aiomemmap._core.pages import PAGE_SIZE as PAGE_SIZE
-from aiomemmap._core.pages import is_page_aligned as is_page_aligned
-from aiomemmap._core.pages import page_round_down as page_round_down
-from aiomemmap._core.pages import page_round_up as page_round_up
-from aiomemmap._core.ranges import AddrRange as AddrRange
-from aiomemmap._core.ranges import FileRange as FileRange
-from aiomemmap._core.ranges import MappableRange as MappableRange
-from aiomemmap.backings.base import Backing as Backing
-from aiomemmap.backings.base import BytesBacking as BytesBacking
-from aiomemmap.backings.base import FaultInjectingBacking as FaultInjectingBacking
-from aiomemmap.backings.base import FsspecBacking as FsspecBacking
-from aiomemmap.backings.base import HttpBacking as HttpBacking
-from aiomemmap.backings.base import LocalFileBacking as LocalFileBacking
-from aiomemmap.backings.base import RetryPolicy as RetryPolicy
-from aiomemmap.backings.base import open_backing as open_backing
-from aiomemmap.mappables.cached_file import CachedFile as CachedFile
-from aiomemmap.mappables.cached_file import CacheStatistics as CacheStatistics
-from aiomemmap.mappables.readahead import AdaptiveReadahead as AdaptiveReadahead
-from aiomemmap.mappables.readahead import FixedReadahead as FixedReadahead
-from aiomemmap.mappables.readahead import NoReadahead as NoReadahead
-from aiomemmap.mappables.readahead import ReadaheadHint as ReadaheadHint
-from aiomemmap.mappables.shared_memory import SharedMemory as SharedMemory
-from aiomemmap.memmap.bus import BusStatistics as BusStatistics
-from aiomemmap.memmap.bus import InvalidationBus as InvalidationBus
-from aiomemmap.memmap.interfaces import File as File
-from aiomemmap.memmap.interfaces import InvalidateOpts as InvalidateOpts
-from aiomemmap.memmap.interfaces import Mappable as Mappable
-from aiomemmap.memmap.interfaces import MappingIdentity as MappingIdentity
-from aiomemmap.memmap.interfaces import MappingSpace as MappingSpace
-from aiomemmap.memmap.interfaces import MLockMode as MLockMode
-from aiomemmap.memmap.interfaces import MMapOpts as MMapOpts
-from aiomemmap.memmap.interfaces import TranslateResult as TranslateResult
-from aiomemmap.memmap.interfaces import Translation as Translation
-from aiomemmap.memmap.interfaces import check_translate_result as check_translate_result
-from aiomemmap.memmap.mapping_set import MappingSet as MappingSet
-from aiomemmap.mm.address_space import AddressSpace as AddressSpace
-from aiomemmap.mm.options import (
-    AddressSpaceStatistics as AddressSpaceStatistics,
-)
-from aiomemmap.mm.options import Advice as Advice
-from aiomemmap.mm.options import Layout as Layout
-from aiomemmap.mm.options import Limits as Limits
-from aiomemmap.mm.options import MRemapMove as MRemapMove
-from aiomemmap.pgalloc.memory_file import MemoryFile as MemoryFile
-from aiomemmap.pgalloc.memory_file import MemoryFileStatistics as MemoryFileStatistics
-from aiomemmap.pgalloc.memory_file import MemoryKind as MemoryKind
+import importlib as _importlib
+import typing as _typing
+
+if _typing.TYPE_CHECKING:
+    from aiomemmap._core.access import AccessType as AccessType
+    from aiomemmap._core.blockseq import BlockSeq as BlockSeq
+    from aiomemmap._core.blockseq import copy_seq as copy_seq
+    from aiomemmap._core.blockseq import zero_seq as zero_seq
+    from aiomemmap._core.debug import is_debug as is_debug
+    from aiomemmap._core.debug import set_debug as set_debug
+    from aiomemmap._core.errors import AccessDeniedError as AccessDeniedError
+    from aiomemmap._core.errors import AddressSpaceError as AddressSpaceError
+    from aiomemmap._core.errors import AiomemmapError as AiomemmapError
+    from aiomemmap._core.errors import AlignmentError as AlignmentError
+    from aiomemmap._core.errors import BusError as BusError
+    from aiomemmap._core.errors import ClosedError as ClosedError
+    from aiomemmap._core.errors import InvariantError as InvariantError
+    from aiomemmap._core.errors import LockOrderError as LockOrderError
+    from aiomemmap._core.errors import MemoryFault as MemoryFault
+    from aiomemmap._core.errors import OutOfMemoryError as OutOfMemoryError
+    from aiomemmap._core.errors import RefCountError as RefCountError
+    from aiomemmap._core.locks import LockRank as LockRank
+    from aiomemmap._core.locks import OrderedLock as OrderedLock
+    from aiomemmap._core.locks import OrderedRWLock as OrderedRWLock
+    from aiomemmap._core.pages import HUGE_PAGE_SIZE as HUGE_PAGE_SIZE
+    from aiomemmap._core.pages import PAGE_SIZE as PAGE_SIZE
+    from aiomemmap._core.pages import is_page_aligned as is_page_aligned
+    from aiomemmap._core.pages import page_round_down as page_round_down
+    from aiomemmap._core.pages import page_round_up as page_round_up
+    from aiomemmap._core.ranges import AddrRange as AddrRange
+    from aiomemmap._core.ranges import FileRange as FileRange
+    from aiomemmap._core.ranges import MappableRange as MappableRange
+    from aiomemmap.backings.base import Backing as Backing
+    from aiomemmap.backings.base import RetryPolicy as RetryPolicy
+    from aiomemmap.backings.fsspec_backing import FsspecBacking as FsspecBacking
+    from aiomemmap.backings.http import HttpBacking as HttpBacking
+    from aiomemmap.backings.local import LocalFileBacking as LocalFileBacking
+    from aiomemmap.backings.memory import BytesBacking as BytesBacking
+    from aiomemmap.backings.opener import open_backing as open_backing
+    from aiomemmap.backings.testing import (
+        FaultInjectingBacking as FaultInjectingBacking,
+    )
+    from aiomemmap.mappables.cached_file import CachedFile as CachedFile
+    from aiomemmap.mappables.cached_file import CacheStatistics as CacheStatistics
+    from aiomemmap.mappables.readahead import AdaptiveReadahead as AdaptiveReadahead
+    from aiomemmap.mappables.readahead import FixedReadahead as FixedReadahead
+    from aiomemmap.mappables.readahead import NoReadahead as NoReadahead
+    from aiomemmap.mappables.readahead import ReadaheadHint as ReadaheadHint
+    from aiomemmap.mappables.shared_memory import SharedMemory as SharedMemory
+    from aiomemmap.memmap.bus import BusStatistics as BusStatistics
+    from aiomemmap.memmap.bus import InvalidationBus as InvalidationBus
+    from aiomemmap.memmap.interfaces import File as File
+    from aiomemmap.memmap.interfaces import InvalidateOpts as InvalidateOpts
+    from aiomemmap.memmap.interfaces import Mappable as Mappable
+    from aiomemmap.memmap.interfaces import MappingIdentity as MappingIdentity
+    from aiomemmap.memmap.interfaces import MappingSpace as MappingSpace
+    from aiomemmap.memmap.interfaces import MLockMode as MLockMode
+    from aiomemmap.memmap.interfaces import MMapOpts as MMapOpts
+    from aiomemmap.memmap.interfaces import TranslateResult as TranslateResult
+    from aiomemmap.memmap.interfaces import Translation as Translation
+    from aiomemmap.memmap.interfaces import (
+        check_translate_result as check_translate_result,
+    )
+    from aiomemmap.memmap.mapping_set import MappingSet as MappingSet
+    from aiomemmap.mm.address_space import AddressSpace as AddressSpace
+    from aiomemmap.mm.options import AddressSpaceStatistics as AddressSpaceStatistics
+    from aiomemmap.mm.options import Advice as Advice
+    from aiomemmap.mm.options import Layout as Layout
+    from aiomemmap.mm.options import Limits as Limits
+    from aiomemmap.mm.options import MRemapMove as MRemapMove
+    from aiomemmap.pgalloc.memory_file import MemoryFile as MemoryFile
+    from aiomemmap.pgalloc.memory_file import (
+        MemoryFileStatistics as MemoryFileStatistics,
+    )
+    from aiomemmap.pgalloc.memory_file import MemoryKind as MemoryKind
 
 __version__ = "0.1.0.dev0"
 
@@ -113,6 +130,7 @@ __all__ = [
     "HttpBacking",
     "InvalidateOpts",
     "InvalidationBus",
+    "InvariantError",
     "Layout",
     "Limits",
     "LocalFileBacking",
@@ -150,3 +168,97 @@ __all__ = [
     "set_debug",
     "zero_seq",
 ]
+
+# Where each public name is defined, by name.
+_MODULE_OF: _typing.Final[dict[str, str]] = {
+    "AccessDeniedError": "aiomemmap._core.errors",
+    "AccessType": "aiomemmap._core.access",
+    "AdaptiveReadahead": "aiomemmap.mappables.readahead",
+    "AddrRange": "aiomemmap._core.ranges",
+    "AddressSpace": "aiomemmap.mm.address_space",
+    "AddressSpaceError": "aiomemmap._core.errors",
+    "AddressSpaceStatistics": "aiomemmap.mm.options",
+    "Advice": "aiomemmap.mm.options",
+    "AiomemmapError": "aiomemmap._core.errors",
+    "AlignmentError": "aiomemmap._core.errors",
+    "Backing": "aiomemmap.backings.base",
+    "BlockSeq": "aiomemmap._core.blockseq",
+    "BusError": "aiomemmap._core.errors",
+    "BusStatistics": "aiomemmap.memmap.bus",
+    "BytesBacking": "aiomemmap.backings.memory",
+    "CacheStatistics": "aiomemmap.mappables.cached_file",
+    "CachedFile": "aiomemmap.mappables.cached_file",
+    "ClosedError": "aiomemmap._core.errors",
+    "FaultInjectingBacking": "aiomemmap.backings.testing",
+    "File": "aiomemmap.memmap.interfaces",
+    "FileRange": "aiomemmap._core.ranges",
+    "FixedReadahead": "aiomemmap.mappables.readahead",
+    "FsspecBacking": "aiomemmap.backings.fsspec_backing",
+    "HUGE_PAGE_SIZE": "aiomemmap._core.pages",
+    "HttpBacking": "aiomemmap.backings.http",
+    "InvalidateOpts": "aiomemmap.memmap.interfaces",
+    "InvalidationBus": "aiomemmap.memmap.bus",
+    "InvariantError": "aiomemmap._core.errors",
+    "Layout": "aiomemmap.mm.options",
+    "Limits": "aiomemmap.mm.options",
+    "LocalFileBacking": "aiomemmap.backings.local",
+    "LockOrderError": "aiomemmap._core.errors",
+    "LockRank": "aiomemmap._core.locks",
+    "MLockMode": "aiomemmap.memmap.interfaces",
+    "MMapOpts": "aiomemmap.memmap.interfaces",
+    "MRemapMove": "aiomemmap.mm.options",
+    "Mappable": "aiomemmap.memmap.interfaces",
+    "MappableRange": "aiomemmap._core.ranges",
+    "MappingIdentity": "aiomemmap.memmap.interfaces",
+    "MappingSet": "aiomemmap.memmap.mapping_set",
+    "MappingSpace": "aiomemmap.memmap.interfaces",
+    "MemoryFault": "aiomemmap._core.errors",
+    "MemoryFile": "aiomemmap.pgalloc.memory_file",
+    "MemoryFileStatistics": "aiomemmap.pgalloc.memory_file",
+    "MemoryKind": "aiomemmap.pgalloc.memory_file",
+    "NoReadahead": "aiomemmap.mappables.readahead",
+    "OrderedLock": "aiomemmap._core.locks",
+    "OrderedRWLock": "aiomemmap._core.locks",
+    "OutOfMemoryError": "aiomemmap._core.errors",
+    "PAGE_SIZE": "aiomemmap._core.pages",
+    "ReadaheadHint": "aiomemmap.mappables.readahead",
+    "RefCountError": "aiomemmap._core.errors",
+    "RetryPolicy": "aiomemmap.backings.base",
+    "SharedMemory": "aiomemmap.mappables.shared_memory",
+    "TranslateResult": "aiomemmap.memmap.interfaces",
+    "Translation": "aiomemmap.memmap.interfaces",
+    "check_translate_result": "aiomemmap.memmap.interfaces",
+    "copy_seq": "aiomemmap._core.blockseq",
+    "is_debug": "aiomemmap._core.debug",
+    "is_page_aligned": "aiomemmap._core.pages",
+    "open_backing": "aiomemmap.backings.opener",
+    "page_round_down": "aiomemmap._core.pages",
+    "page_round_up": "aiomemmap._core.pages",
+    "set_debug": "aiomemmap._core.debug",
+    "zero_seq": "aiomemmap._core.blockseq",
+}
+
+
+def _load(name: str) -> object:
+    """Import the module that defines ``name`` and keep the name here.
+
+    Raises:
+        AttributeError: ``name`` is not a public name of the package.
+    """
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """Return the module's names, the public ones loaded or not."""
+    return sorted({*globals(), *__all__})
+
+
+# Hidden from type checkers, which see every public name above with its type
+# and should still report a misspelt one.
+if not _typing.TYPE_CHECKING:
+    __getattr__ = _load

@@ -17,19 +17,18 @@ import fsspec
 import fsspec.core
 import pytest
 
-from aiomemmap._core.errors import ClosedError
-from aiomemmap.backings.base import (
+from aiomemmap import (
     Backing,
     BytesBacking,
+    ClosedError,
     FaultInjectingBacking,
     FsspecBacking,
     HttpBacking,
     LocalFileBacking,
     RetryPolicy,
-    is_transient,
     open_backing,
-    read_fully,
 )
+from aiomemmap.backings.base import call_with_retry, is_transient, read_fully
 from aiomemmap.tools.http_server import RangeHTTPServer
 from tests.s3_server import moto_s3
 
@@ -763,8 +762,6 @@ def test_open_backing_type_error() -> None:
 
 
 async def test_call_with_retry_retries_transient_then_gives_up():
-    from aiomemmap.backings.base import RetryPolicy, call_with_retry
-
     calls = []
 
     async def flaky() -> int:

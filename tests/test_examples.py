@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import pathlib
 import subprocess
 import sys
@@ -15,6 +16,26 @@ EXAMPLES = sorted(
 
 def test_examples_exist():
     assert EXAMPLES
+
+
+# What an example may import from the package: the public API, and the test
+# HTTP server documented as a public tool.
+PUBLIC_MODULES = frozenset({"aiomemmap", "aiomemmap.tools.http_server"})
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
+def test_example_imports_only_public_names(script: pathlib.Path):
+    tree = ast.parse(script.read_text())
+    used = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module is not None:
+            used.add(node.module)
+            assert all(not a.name.startswith("_") for a in node.names), node.module
+        elif isinstance(node, ast.Import):
+            used.update(a.name for a in node.names)
+    ours = {m for m in used if m.partition(".")[0] == "aiomemmap"}
+    assert ours
+    assert ours <= PUBLIC_MODULES
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)

@@ -17,20 +17,18 @@ import anyio
 import pytest
 from aiohttp import web
 
-from aiomemmap._core.access import AccessType
-from aiomemmap._core.errors import ClosedError
-from aiomemmap._core.pages import PAGE_SIZE
-from aiomemmap._core.ranges import MappableRange
-from aiomemmap.backings.base import (
+from aiomemmap import (
+    PAGE_SIZE,
+    AccessType,
+    CachedFile,
+    ClosedError,
     HttpBacking,
+    MappableRange,
+    MemoryFile,
     RetryPolicy,
-    call_with_retry,
-    is_transient,
     open_backing,
-    read_fully,
 )
-from aiomemmap.mappables.cached_file import CachedFile
-from aiomemmap.pgalloc.memory_file import MemoryFile
+from aiomemmap.backings.base import call_with_retry, is_transient, read_fully
 from aiomemmap.tools.http_server import RangeHTTPServer
 
 DATA = bytes((i * 13 + 5) % 251 for i in range(3 * PAGE_SIZE + 321))

@@ -43,6 +43,7 @@ FOUNDATION = [
     "RefCountError",
     "OutOfMemoryError",
     "ClosedError",
+    "InvariantError",
     "MemoryFileStatistics",
 ]
 
@@ -111,6 +112,7 @@ def test_public_api_errors_share_one_root_and_builtin_bases():
     assert issubclass(aiomemmap.OutOfMemoryError, MemoryError)
     assert issubclass(aiomemmap.AddressSpaceError, OSError)
     assert issubclass(aiomemmap.LockOrderError, RuntimeError)
+    assert issubclass(aiomemmap.InvariantError, AssertionError)
     assert issubclass(aiomemmap.MemoryFault, aiomemmap.AddressSpaceError)
 
 

@@ -12,7 +12,8 @@ from typing import BinaryIO, Final
 
 from aiomemmap._core.access import AccessType
 from aiomemmap._core.pages import page_round_down, page_round_up
-from aiomemmap.backings.base import call_with_retry, open_backing
+from aiomemmap.backings.base import call_with_retry
+from aiomemmap.backings.opener import open_backing
 from aiomemmap.mappables.cached_file import CachedFile
 from aiomemmap.memmap.interfaces import MMapOpts
 from aiomemmap.mm.address_space import AddressSpace

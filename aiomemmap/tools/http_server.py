@@ -1,11 +1,16 @@
 """A small HTTP server of in-memory objects with byte-range support.
 
 :class:`RangeHTTPServer` serves named byte strings on 127.0.0.1 for tests,
-benchmarks and the demo: ``GET`` and ``HEAD``, single ``Range: bytes=``
-requests (``206`` with ``Content-Range``, ``416`` past the end), ``ETag``,
-``Content-Length`` and ``Accept-Ranges``, plus injected latency and server
-errors. Every request does a bounded amount of work: one lookup, one
-optional sleep, one response.
+benchmarks, the demo and the examples: ``GET`` and ``HEAD``, single
+``Range: bytes=`` requests (``206`` with ``Content-Range``, ``416`` past the
+end), ``ETag``, ``Content-Length`` and ``Accept-Ranges``, plus injected
+latency and server errors. Every request does a bounded amount of work: one
+lookup, one optional sleep, one response.
+
+It is a public tool, imported as
+``from aiomemmap.tools.http_server import RangeHTTPServer`` (it needs
+aiohttp, so ``import aiomemmap`` does not load it), for anyone who wants to
+try an HTTP-backed :class:`~aiomemmap.CachedFile` without a real server.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import typing
 from types import TracebackType
 
 from aiohttp import web
+
+from aiomemmap._core.pages import is_int
 
 __all__ = ["RangeHTTPServer"]
 
@@ -30,10 +37,6 @@ class _Object:
     def __init__(self, data: bytes, etag: str) -> None:
         self.data = data
         self.etag = etag
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _check_name(name: object) -> str:
@@ -82,7 +85,7 @@ class RangeHTTPServer:
         Raises:
             ValueError: ``port`` or ``latency`` out of range.
         """
-        if not _is_int(port) or not 0 <= port <= 65535:
+        if not is_int(port) or not 0 <= port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {port!r}")
         if latency < 0:
             raise ValueError(f"latency must be >= 0, got {latency!r}")
@@ -169,9 +172,9 @@ class RangeHTTPServer:
         Raises:
             ValueError: ``n`` negative or ``status`` not an error status.
         """
-        if not _is_int(n) or n < 0:
+        if not is_int(n) or n < 0:
             raise ValueError(f"n must be an int >= 0, got {n!r}")
-        if not _is_int(status) or not 400 <= status <= 599:
+        if not is_int(status) or not 400 <= status <= 599:
             raise ValueError(f"status must be in [400, 599], got {status!r}")
         self._fail_count = n
         self._fail_status = status

@@ -21,7 +21,8 @@ import fsspec
 from aiomemmap._core.access import AccessType
 from aiomemmap._core.pages import PAGE_SIZE
 from aiomemmap._core.ranges import MappableRange
-from aiomemmap.backings.base import FaultInjectingBacking, open_backing
+from aiomemmap.backings.opener import open_backing
+from aiomemmap.backings.testing import FaultInjectingBacking
 from aiomemmap.mappables.cached_file import CachedFile
 from aiomemmap.mappables.readahead import DEFAULT_MAXIMUM_WINDOW
 from aiomemmap.pgalloc.memory_file import MemoryFile, MemoryKind

@@ -1,0 +1,429 @@
+"""A backing on one object of any fsspec filesystem (S3, GCS, HTTP, memory...).
+
+The only backing module that imports fsspec; :func:`~aiomemmap.open_backing`
+loads it only for a URL that needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import sys
+import typing
+from collections.abc import Callable
+from typing import Any, Final
+
+import fsspec
+
+from aiomemmap._core.errors import ClosedError
+from aiomemmap._core.pages import is_int
+from aiomemmap.backings.base import (
+    byte_view,
+    check_offset,
+    check_size,
+    exception_chain,
+    http_status,
+    is_transient,
+)
+
+__all__ = ["FsspecBacking"]
+
+
+# Keys of ``fs.info()`` that identify one version of an object, best first.
+_ETAG_KEYS: Final[tuple[str, ...]] = ("ETag", "etag", "e_tag", "md5Hash", "Content-MD5")
+# Keys holding a modification or creation time, best first.
+_MTIME_KEYS: Final[tuple[str, ...]] = (
+    "mtime",
+    "LastModified",
+    "last_modified",
+    "Last-Modified",
+    "updated",
+    "created",
+)
+# Protocols whose sync filesystems FsspecBacking writes by default.
+_WRITABLE_PROTOCOLS: Final[frozenset[str]] = frozenset({"memory", "file", "local"})
+
+
+def _protocols(fs: object) -> tuple[str, ...]:
+    proto = getattr(fs, "protocol", ())
+    return (proto,) if isinstance(proto, str) else tuple(proto)
+
+
+def _unwrap_info_error(exc: Exception) -> Exception:
+    """Undo the HTTP filesystem's habit of turning every failure into 404.
+
+    fsspec's HTTP ``_info`` raises ``FileNotFoundError`` from *any* error of
+    its HEAD-then-GET probe, including a 503 or a reset connection. Reporting
+    that as "not found" would make a transient outage permanent, so when the
+    cause is transient the cause is returned instead.
+    """
+    cause = exc.__cause__
+    if (
+        isinstance(exc, FileNotFoundError)
+        and isinstance(cause, Exception)
+        and is_transient(cause)
+    ):
+        return cause
+    return exc
+
+
+def _is_range_not_satisfiable(exc: BaseException) -> bool:
+    """Return whether ``exc`` says a ranged read started past the end."""
+    for link in exception_chain(exc):
+        if http_status(link) == 416:
+            return True
+        response = getattr(link, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error")
+            if isinstance(error, dict) and error.get("Code") == "InvalidRange":
+                return True
+    return False
+
+
+@typing.final
+class FsspecBacking:
+    """A backing on one object of any fsspec filesystem.
+
+    How calls run depends on the filesystem:
+
+    * An async filesystem created with ``asynchronous=True``: its coroutine
+      methods (``_cat_file``, ``_info``, ``_pipe_file``) are awaited directly
+      on the caller's running loop. Such a filesystem binds its client
+      session (aiohttp, aiobotocore) to the loop it first runs on, so the
+      backing must be used from one loop only: it remembers the loop of its
+      first call and raises ``RuntimeError`` if called from another one. Do
+      not share such a filesystem between loops either; fsspec caches
+      filesystem instances by their arguments and thread, not by loop, so
+      create it with ``skip_instance_cache=True`` (:func:`open_backing` does).
+    * An async filesystem in its default, non-asynchronous mode, and every
+      sync filesystem (memory, local, ...): its blocking methods run in a
+      worker thread (``asyncio.to_thread``); an async one then hops to
+      fsspec's own IO loop thread as it always does. The event loop is never
+      blocked.
+
+    Sizes are never cached: :meth:`size` and :meth:`version` ask the storage
+    each time (after dropping fsspec's listing cache for the path), so a
+    size can never be staler than the version. Callers that need speed
+    (``CachedFile``) keep the size themselves and revalidate via
+    :meth:`version`.
+
+    Reads ask for exactly ``[offset, offset + len(buf))``. A read starting
+    past the end yields 0 whether the storage answers with empty bytes or
+    with "range not satisfiable" (HTTP 416, S3 ``InvalidRange``). A storage
+    that returns more bytes than asked (a server ignoring ``Range``) is an
+    error, never silently accepted.
+
+    Writes: fsspec cannot write byte ranges in place, so :meth:`write_from`
+    and :meth:`truncate` rewrite the whole object (read it, change it,
+    ``pipe_file`` it back) under a lock. That is fine for small objects
+    only. By default (``readonly=None``) only sync memory and local
+    filesystems are writable; pass ``readonly=False`` to allow the rewrite
+    elsewhere (e.g. S3).
+
+    Versions: an ETag if ``info()`` has one, else a modification or creation
+    time (with the size), else the size alone, else ``None``. Writes made
+    through this backing also add a local write count, so they change the
+    version even when the storage's clock is coarse.
+
+    Attributes:
+        readonly: Whether writes raise ``PermissionError``.
+        path: The object's path within ``fs``.
+        block_size_hint: The preferred request size in bytes, or ``None``;
+            a hint for readahead, not used by the backing itself.
+
+    Concurrency:
+        task-safe; writes are serialised by an internal lock.
+    """
+
+    def __init__(
+        self,
+        fs: object,
+        path: str,
+        *,
+        readonly: bool | None = None,
+        block_size_hint: int | None = None,
+    ) -> None:
+        """Wrap ``path`` on ``fs``. Does no I/O.
+
+        Args:
+            fs: An ``fsspec.AbstractFileSystem`` instance. The caller keeps
+                ownership: :meth:`aclose` does not close it.
+            path: The object's path as ``fs`` understands it.
+            readonly: Force read-only (``True``) or writable (``False``);
+                ``None`` picks writable for sync memory/local filesystems.
+            block_size_hint: Preferred request size in bytes.
+
+        Raises:
+            TypeError: ``fs`` is not an fsspec filesystem or ``path`` not a str.
+            ValueError: ``block_size_hint`` is not positive.
+        """
+        if not isinstance(fs, fsspec.AbstractFileSystem):
+            raise TypeError(f"fs must be an fsspec filesystem, got {fs!r}")
+        given_path: object = path
+        if not isinstance(given_path, str) or not given_path:
+            raise TypeError(f"path must be a non-empty str, got {path!r}")
+        if block_size_hint is not None and (
+            not is_int(block_size_hint) or block_size_hint <= 0
+        ):
+            raise ValueError(
+                f"block_size_hint must be a positive int, got {block_size_hint!r}"
+            )
+        self._fs: Any = fs
+        self.path = path
+        self.block_size_hint = block_size_hint
+        self._native = bool(getattr(fs, "async_impl", False)) and bool(
+            getattr(fs, "asynchronous", False)
+        )
+        if readonly is None:
+            readonly = self._native or not (set(_protocols(fs)) & _WRITABLE_PROTOCOLS)
+        self.readonly = bool(readonly)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._write_lock: asyncio.Lock | None = None
+        self._writes = 0
+        self._closed = False
+        self._owns_fs = False
+
+    def __repr__(self) -> str:
+        return (
+            f"FsspecBacking({'+'.join(_protocols(self._fs))}:{self.path!r}, "
+            f"readonly={self.readonly}, closed={self._closed})"
+        )
+
+    @property
+    def fs(self) -> object:
+        """The fsspec filesystem."""
+        return self._fs
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"{self!r} is closed")
+        if self._native:
+            loop = asyncio.get_running_loop()
+            if self._loop is None:
+                self._loop = loop
+            elif self._loop is not loop:
+                raise RuntimeError(
+                    f"{self!r} is bound to another event loop: an asynchronous "
+                    "fsspec filesystem can only be used from the loop it first "
+                    "ran on"
+                )
+
+    async def _info(self) -> dict[str, object]:
+        self._check_open()
+        fs = self._fs
+        fs.invalidate_cache(self.path)
+        try:
+            if self._native:
+                info = await fs._info(self.path)
+            else:
+                info = await asyncio.to_thread(fs.info, self.path)
+        except Exception as exc:
+            unwrapped = _unwrap_info_error(exc)
+            if unwrapped is exc:
+                raise
+            raise unwrapped from exc
+        if not isinstance(info, dict):
+            raise OSError(errno.EIO, f"{self!r}: info() returned {info!r}")
+        if info.get("type") == "directory":
+            raise IsADirectoryError(errno.EISDIR, f"is a directory: {self.path!r}")
+        return info
+
+    async def _cat(self, start: int | None, end: int | None) -> bytes:
+        fs = self._fs
+        if self._native:
+            data = await fs._cat_file(self.path, start=start, end=end)
+        else:
+            data = await asyncio.to_thread(fs.cat_file, self.path, start, end)
+        if not isinstance(data, bytes | bytearray):
+            raise OSError(errno.EIO, f"{self!r}: cat_file returned {type(data)!r}")
+        return bytes(data)
+
+    async def _pipe(self, data: bytes) -> None:
+        fs = self._fs
+        if self._native:
+            await fs._pipe_file(self.path, data)
+        else:
+            await asyncio.to_thread(fs.pipe_file, self.path, data)
+        fs.invalidate_cache(self.path)
+
+    async def size(self) -> int:
+        """Return ``info()["size"]``, asking the storage each time.
+
+        Raises:
+            FileNotFoundError: The object does not exist.
+            OSError: The storage could not be asked, or reports no size.
+            ClosedError: The backing was closed.
+        """
+        info = await self._info()
+        size = info.get("size")
+        if not is_int(size) or not isinstance(size, int) or size < 0:
+            raise OSError(errno.EIO, f"{self!r}: storage reports no size ({size!r})")
+        return size
+
+    async def read_into(self, offset: int, buf: memoryview) -> int:
+        """Read ``[offset, offset + len(buf))`` with one ranged request.
+
+        Returns:
+            Bytes read; short at the end of the object, 0 past it.
+
+        Raises:
+            FileNotFoundError: The object does not exist.
+            OSError: The read failed, or the storage returned more than asked.
+            ClosedError: The backing was closed.
+
+        Cancellation:
+            The request is abandoned; ``buf`` is not touched.
+        """
+        offset = check_offset(offset)
+        view = byte_view(buf, writable=True)
+        self._check_open()
+        n = len(view)
+        if n == 0:
+            return 0
+        try:
+            data = await self._cat(offset, offset + n)
+        except Exception as exc:
+            if _is_range_not_satisfiable(exc):
+                return 0
+            raise
+        if len(data) > n:
+            raise OSError(
+                errno.EIO,
+                f"{self!r}: asked for {n} bytes at {offset}, got {len(data)} "
+                "(the storage ignored the byte range)",
+            )
+        view[: len(data)] = data
+        return len(data)
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if self.readonly:
+            raise PermissionError(errno.EACCES, f"{self!r} is read-only")
+
+    async def _rewrite(self, change: Callable[[bytearray], None]) -> None:
+        if self._write_lock is None:
+            self._write_lock = asyncio.Lock()
+        async with self._write_lock:
+            self._check_writable()
+            try:
+                current = bytearray(await self._cat(None, None))
+            except FileNotFoundError:
+                current = bytearray()
+            change(current)
+            await self._pipe(bytes(current))
+            self._writes += 1
+
+    async def write_from(self, offset: int, data: memoryview) -> int:
+        """Write ``data`` at ``offset`` by rewriting the whole object.
+
+        Returns:
+            ``len(data)``.
+
+        Raises:
+            PermissionError: The backing is read-only.
+            OSError: The storage refused.
+            ClosedError: The backing was closed.
+
+        Locking:
+            Takes the backing's write lock for the read-modify-write.
+
+        Cancellation:
+            The object is either rewritten or not; a cancelled upload may
+            still have completed.
+        """
+        offset = check_offset(offset)
+        payload = bytes(byte_view(data, writable=False))
+        self._check_writable()
+
+        def change(buf: bytearray) -> None:
+            end = offset + len(payload)
+            if end > len(buf):
+                buf.extend(bytes(end - len(buf)))
+            buf[offset:end] = payload
+
+        await self._rewrite(change)
+        return len(payload)
+
+    async def truncate(self, size: int) -> None:
+        """Resize the object by rewriting it whole.
+
+        Raises:
+            PermissionError: The backing is read-only.
+            OSError: The storage refused.
+            ClosedError: The backing was closed.
+
+        Locking:
+            Takes the backing's write lock for the read-modify-write.
+        """
+        size = check_size(size)
+        self._check_writable()
+
+        def change(buf: bytearray) -> None:
+            if size < len(buf):
+                del buf[size:]
+            else:
+                buf.extend(bytes(size - len(buf)))
+
+        await self._rewrite(change)
+
+    async def version(self) -> str | None:
+        """Return the object's ETag, else its time and size, else its size.
+
+        Raises:
+            FileNotFoundError: The object does not exist.
+            OSError: The storage could not be asked.
+            ClosedError: The backing was closed.
+        """
+        info = await self._info()
+        token: str | None = None
+        for key in _ETAG_KEYS:
+            value = info.get(key)
+            if value not in (None, ""):
+                token = f"etag:{value}"
+                break
+        size = info.get("size")
+        if token is None:
+            for key in _MTIME_KEYS:
+                value = info.get(key)
+                if value not in (None, ""):
+                    token = f"mtime:{value}:size:{size}"
+                    break
+        if token is None and is_int(size):
+            token = f"size:{size}"
+        if token is not None and self._writes:
+            token = f"{token}:w{self._writes}"
+        return token
+
+    async def aclose(self) -> None:
+        """Mark the backing closed; close the filesystem's session if owned.
+
+        Only filesystems created by :func:`open_backing` are owned. Idempotent.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_fs and self._native:
+            await _close_async_fs(self._fs)
+
+
+async def _close_async_fs(fs: Any) -> None:  # noqa: ANN401
+    """Close the client session of an asynchronous fsspec filesystem.
+
+    fsspec has no public coroutine for this: HTTP keeps an aiohttp session
+    in ``_session``, s3fs an aiobotocore client context in ``_s3creator``.
+    Both are closed here on the running loop, which is the loop they were
+    created on.
+    """
+    aiohttp = sys.modules.get("aiohttp")
+    session = getattr(fs, "_session", None)
+    if (
+        aiohttp is not None
+        and isinstance(session, aiohttp.ClientSession)
+        and not session.closed
+    ):
+        await session.close()
+    creator = getattr(fs, "_s3creator", None)
+    if creator is not None:
+        fs._s3creator = None
+        fs._s3 = None
+        await creator.__aexit__(None, None, None)

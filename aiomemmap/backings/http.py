@@ -1,0 +1,435 @@
+"""A read-only backing on one HTTP(S) URL, spoken to with aiohttp directly.
+
+The only backing module that imports aiohttp and yarl;
+:func:`~aiomemmap.open_backing` loads it only for an ``http(s)`` URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import typing
+import urllib.parse
+from collections.abc import Mapping
+from typing import Final
+
+import aiohttp
+import yarl
+
+from aiomemmap._core.errors import ClosedError
+from aiomemmap._core.pages import is_int
+from aiomemmap.backings.base import check_offset, writable_byte_view
+
+__all__ = ["HttpBacking"]
+
+
+# Statuses that mean "the object is not there" and "you may not read it".
+_NOT_FOUND_STATUSES: Final[frozenset[int]] = frozenset({404, 410})
+_FORBIDDEN_STATUSES: Final[frozenset[int]] = frozenset({401, 403})
+# Statuses a server uses to refuse HEAD; the size is then asked with a GET.
+_HEAD_REFUSED_STATUSES: Final[frozenset[int]] = frozenset({405, 501})
+# Timeouts of an owned session: no bound on a whole (possibly large) read,
+# but a connection attempt or a silent socket does not hang forever.
+_HTTP_TIMEOUT: Final[aiohttp.ClientTimeout] = aiohttp.ClientTimeout(
+    total=None, sock_connect=30.0, sock_read=60.0
+)
+
+
+def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
+    """Parse ``Content-Range: bytes first-last/total`` (or ``bytes */total``).
+
+    Returns:
+        ``(first, total)``; either is ``None`` when absent or ``*``.
+
+    Raises:
+        ValueError: The header is missing or malformed.
+    """
+    if value is None:
+        raise ValueError("no Content-Range header")
+    unit, _, rest = value.strip().partition(" ")
+    span, slash, total_text = rest.strip().partition("/")
+    if unit.lower() != "bytes" or not slash:
+        raise ValueError(f"malformed Content-Range {value!r}")
+    total = None if total_text == "*" else int(total_text)
+    if span == "*":
+        return None, total
+    first_text, dash, _last = span.partition("-")
+    if not dash:
+        raise ValueError(f"malformed Content-Range {value!r}")
+    return int(first_text), total
+
+
+@typing.final
+class HttpBacking:
+    """A read-only backing on one HTTP(S) URL, spoken to with aiohttp directly.
+
+    Each :meth:`read_into` is one ``GET`` with a ``Range`` header whose body
+    is copied into the caller's buffer chunk by chunk as it arrives. There is
+    no per-request work beyond what aiohttp itself does: no listing cache, no
+    whole-body ``bytes`` object, no thread hop.
+
+    :meth:`size` and :meth:`version` send a ``HEAD`` each time (nothing is
+    cached); a server that refuses ``HEAD`` (405, 501) is asked with
+    ``GET`` of ``Range: bytes=0-0`` instead. The version is the ``ETag``,
+    else ``Last-Modified``, else ``None``.
+
+    Status handling: 206 is checked against the asked start; 416 (a read
+    starting past the end) reads 0 bytes; a 200 (the server ignored
+    ``Range``) is accepted only for a read at offset 0, of which the first
+    ``len(buf)`` bytes are taken and the rest dropped with the connection.
+    404 and 410 raise ``FileNotFoundError``, 401 and 403 ``PermissionError``
+    (each chained to aiohttp's ``ClientResponseError``); any other error
+    status raises ``ClientResponseError`` itself, which :func:`is_transient`
+    classifies (5xx, 408, 429 transient). Requests ask for
+    ``Accept-Encoding: identity`` so that byte ranges address the object's
+    bytes, never a compressed form of them.
+
+    Sessions: without ``session=``, the backing owns one
+    ``aiohttp.ClientSession`` with a keep-alive ``TCPConnector`` of
+    ``connections`` connections, created on the first call and bound to the
+    running loop of that call; :meth:`aclose` closes it. A caller-supplied
+    session is used as is and never closed. Either way the backing is bound
+    to the loop of its first call and raises ``RuntimeError`` from any other.
+
+    Attributes:
+        readonly: Always ``True``.
+        url: The object's URL.
+
+    Concurrency:
+        task-safe; concurrent reads use separate connections of the pool.
+    """
+
+    readonly: bool
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        headers: Mapping[str, str] | None = None,
+        connections: int = 64,
+    ) -> None:
+        """Describe the object at ``url``. Does no I/O.
+
+        Args:
+            url: An ``http://`` or ``https://`` URL with a host.
+            session: A session to use instead of an owned one; the caller
+                keeps it and closes it after the backing.
+            headers: Extra headers sent with every request (e.g.
+                ``Authorization``).
+            connections: Connection limit of the owned session's pool;
+                ignored with ``session=``.
+
+        Raises:
+            TypeError: An argument has the wrong type.
+            ValueError: ``url`` is not an HTTP(S) URL with a host, or
+                ``connections < 1``.
+        """
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str, got {url!r}")
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"not an http(s) URL with a host: {url!r}")
+        if session is not None and not isinstance(session, aiohttp.ClientSession):
+            raise TypeError(
+                f"session must be an aiohttp.ClientSession, got {session!r}"
+            )
+        if not is_int(connections) or connections < 1:
+            raise ValueError(f"connections must be an int >= 1, got {connections!r}")
+        base: dict[str, str] = {}
+        if headers is not None:
+            given: object = headers
+            if not isinstance(given, Mapping):
+                raise TypeError(f"headers must be a mapping, got {headers!r}")
+            for key, value in typing.cast("Mapping[object, object]", given).items():
+                if not isinstance(key, str) or not isinstance(value, str):
+                    raise TypeError(
+                        f"headers must map str to str, got {key!r}: {value!r}"
+                    )
+                base[key] = value
+        if not any(k.lower() == "accept-encoding" for k in base):
+            base["Accept-Encoding"] = "identity"
+        self.url = url
+        self.readonly = True
+        self._target = yarl.URL(url)
+        self._headers = base
+        self._connections = int(connections)
+        self._session = session
+        self._owns_session = session is None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"HttpBacking({self.url!r}, closed={self._closed})"
+
+    def _session_here(self) -> aiohttp.ClientSession:
+        """Return the session for a call on the running loop, creating it once.
+
+        Raises:
+            ClosedError: The backing was closed.
+            RuntimeError: The backing is bound to another event loop.
+        """
+        if self._closed:
+            raise ClosedError(f"{self!r} is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError(
+                f"{self!r} is bound to another event loop: its HTTP session "
+                "can only be used from the loop it was first used on"
+            )
+        session = self._session
+        if session is None:
+            connector = aiohttp.TCPConnector(limit=self._connections)
+            session = aiohttp.ClientSession(
+                connector=connector, timeout=_HTTP_TIMEOUT, auto_decompress=False
+            )
+            self._session = session
+        return session
+
+    def _error(self, resp: aiohttp.ClientResponse, what: str) -> Exception:
+        """Return the exception for an error status of ``resp`` (released)."""
+        resp.release()
+        cause = aiohttp.ClientResponseError(
+            resp.request_info,
+            resp.history,
+            status=resp.status,
+            message=f"{what} {self.url}: {resp.reason or ''}".rstrip(": "),
+            headers=resp.headers,
+        )
+        if resp.status in _NOT_FOUND_STATUSES:
+            exc: Exception = FileNotFoundError(
+                errno.ENOENT, f"HTTP {resp.status} for {self.url!r}", self.url
+            )
+        elif resp.status in _FORBIDDEN_STATUSES:
+            exc = PermissionError(
+                errno.EACCES, f"HTTP {resp.status} for {self.url!r}", self.url
+            )
+        else:
+            return cause
+        exc.__cause__ = cause
+        return exc
+
+    async def _probe(self) -> tuple[int, str | None]:
+        """Return ``(size, version)`` from a HEAD, or a one-byte GET if refused."""
+        session = self._session_here()
+        async with session.request(
+            "HEAD", self._target, headers=self._headers, allow_redirects=True
+        ) as resp:
+            if resp.status < 300:
+                length = resp.content_length
+                if length is not None and length >= 0:
+                    return length, self._version_of(resp)
+            elif resp.status not in _HEAD_REFUSED_STATUSES:
+                raise self._error(resp, "HEAD")
+        return await self._probe_with_get(session)
+
+    async def _probe_with_get(
+        self, session: aiohttp.ClientSession
+    ) -> tuple[int, str | None]:
+        headers = {**self._headers, "Range": "bytes=0-0"}
+        async with session.get(self._target, headers=headers) as resp:
+            try:
+                if resp.status == 206 or resp.status == 416:
+                    _first, total = _parse_content_range(
+                        resp.headers.get("Content-Range")
+                    )
+                    if total is None:
+                        raise ValueError("no total length")
+                    size = total
+                elif resp.status < 300 and resp.content_length is not None:
+                    size = resp.content_length
+                else:
+                    if resp.status >= 300:
+                        raise self._error(resp, "GET")
+                    raise ValueError("no Content-Length")
+            except ValueError as exc:
+                resp.close()
+                raise OSError(
+                    errno.EIO, f"{self!r}: the server reports no size ({exc})"
+                ) from exc
+            version = self._version_of(resp)
+            # Drop the body (one byte, or all of it if Range was ignored).
+            resp.close()
+            return size, version
+
+    @staticmethod
+    def _version_of(resp: aiohttp.ClientResponse) -> str | None:
+        etag = resp.headers.get("ETag")
+        if etag:
+            return f"etag:{etag}"
+        modified = resp.headers.get("Last-Modified")
+        if modified:
+            return f"last-modified:{modified}"
+        return None
+
+    async def size(self) -> int:
+        """Return the object's size from a ``HEAD`` (or a one-byte ``GET``).
+
+        Raises:
+            FileNotFoundError: HTTP 404 or 410.
+            PermissionError: HTTP 401 or 403.
+            aiohttp.ClientResponseError: Another error status.
+            OSError: The server reports no size, or the connection failed.
+            ClosedError: The backing was closed.
+            RuntimeError: Called from another event loop than the first call.
+        """
+        size, _version = await self._probe()
+        return size
+
+    async def version(self) -> str | None:
+        """Return ``"etag:<ETag>"``, else ``"last-modified:<date>"``, else ``None``.
+
+        Raises:
+            FileNotFoundError: HTTP 404 or 410.
+            PermissionError: HTTP 401 or 403.
+            aiohttp.ClientResponseError: Another error status.
+            OSError: The connection failed.
+            ClosedError: The backing was closed.
+            RuntimeError: Called from another event loop than the first call.
+        """
+        _size, version = await self._probe()
+        return version
+
+    async def read_into(self, offset: int, buf: memoryview) -> int:
+        """Read ``[offset, offset + len(buf))`` with one ranged ``GET``.
+
+        Returns:
+            Bytes copied into ``buf``: short if the body ended early (the
+            object's end, or a cut connection; :func:`read_fully` goes on),
+            0 past the end.
+
+        Raises:
+            FileNotFoundError: HTTP 404 or 410.
+            PermissionError: HTTP 401 or 403.
+            aiohttp.ClientResponseError: Another error status.
+            OSError: ``EIO`` if the server answered another range than asked,
+                or ignored ``Range`` for a read not at offset 0; other
+                connection failures.
+            ClosedError: The backing was closed.
+            RuntimeError: Called from another event loop than the first call.
+
+        Cancellation:
+            The response is closed with its connection, which is therefore
+            never returned to the pool half read; ``buf`` may be partly
+            filled.
+        """
+        if type(offset) is not int or offset < 0:
+            offset = check_offset(offset)
+        view = writable_byte_view(buf)
+        session = self._session_here()
+        want = len(view)
+        if want == 0:
+            return 0
+        headers = {**self._headers, "Range": f"bytes={offset}-{offset + want - 1}"}
+        async with session.get(self._target, headers=headers) as resp:
+            status = resp.status
+            if status == 416:
+                resp.release()
+                return 0
+            if status != 206 and status != 200:
+                raise self._error(resp, "GET")
+            if status == 206:
+                try:
+                    first, _total = _parse_content_range(
+                        resp.headers.get("Content-Range")
+                    )
+                except ValueError as exc:
+                    resp.close()
+                    raise OSError(errno.EIO, f"{self!r}: {exc}") from exc
+                if first != offset:
+                    resp.close()
+                    raise OSError(
+                        errno.EIO,
+                        f"{self!r}: asked for bytes from {offset}, the server "
+                        f"sent a range from {first}",
+                    )
+            elif offset != 0:
+                resp.close()
+                raise OSError(
+                    errno.EIO,
+                    f"{self!r}: the server ignored the byte range of a read at "
+                    f"{offset} and sent the whole object",
+                )
+            done = 0
+            try:
+                content = resp.content
+                while done < want:
+                    chunk = await content.readany()
+                    if not chunk:
+                        break
+                    n = len(chunk)
+                    if n > want - done:
+                        if status == 206:
+                            raise OSError(
+                                errno.EIO,
+                                f"{self!r}: asked for {want} bytes at {offset}, "
+                                "the server sent more",
+                            )
+                        n = want - done
+                        view[done:want] = memoryview(chunk)[:n]
+                    else:
+                        view[done : done + n] = chunk
+                    done += n
+                # A 206 body must end here; anything more is a broken range.
+                if (
+                    status == 206
+                    and done == want
+                    and not content.at_eof()
+                    and await content.readany()
+                ):
+                    raise OSError(
+                        errno.EIO,
+                        f"{self!r}: asked for {want} bytes at {offset}, "
+                        "the server sent more",
+                    )
+            except BaseException:
+                resp.close()
+                raise
+            if status == 200 and not content.at_eof():
+                resp.close()
+            return done
+
+    async def write_from(self, offset: int, data: memoryview) -> int:
+        """Refuse: an HTTP object is read-only.
+
+        Raises:
+            PermissionError: Always (``ClosedError`` once closed).
+        """
+        self._refuse_write()
+
+    async def truncate(self, size: int) -> None:
+        """Refuse: an HTTP object is read-only.
+
+        Raises:
+            PermissionError: Always (``ClosedError`` once closed).
+        """
+        self._refuse_write()
+
+    def _refuse_write(self) -> typing.NoReturn:
+        if self._closed:
+            raise ClosedError(f"{self!r} is closed")
+        raise PermissionError(errno.EACCES, f"{self!r} is read-only")
+
+    async def aclose(self) -> None:
+        """Close the owned session, if one was created. Idempotent.
+
+        A caller-supplied session is left open.
+
+        Raises:
+            RuntimeError: Called from another event loop than the one the
+                owned session lives on (the backing stays open).
+        """
+        if self._closed:
+            return
+        session = self._session
+        if self._owns_session and session is not None:
+            if self._loop is not None and self._loop is not asyncio.get_running_loop():
+                raise RuntimeError(
+                    f"{self!r} must be closed on the event loop it was used on"
+                )
+            self._closed = True
+            self._session = None
+            await session.close()
+        self._closed = True
