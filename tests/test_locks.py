@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import Callable, Coroutine, Iterator
 from typing import TypeVar
 
 import anyio
 import pytest
 
-from aiomemmap._core import locks as _locks
 from aiomemmap._core.debug import set_debug
 from aiomemmap._core.errors import AiomemmapError, LockOrderError
 from aiomemmap._core.locks import (
@@ -109,15 +109,41 @@ def test_write_owned_by_current_task_outside_a_loop_is_false(cls):
         assert not lock.write_owned_by_current_task()
 
 
-async def test_task_lookup_recovers_after_the_loop_cache_is_cleared():
-    # What happens in a child process after fork(): the cache is dropped.
+def test_owner_is_the_task_of_the_callers_own_loop_after_a_loop_changes_thread():
+    # A loop first run in this thread, then run by another thread and held in
+    # the middle of a task step there, while this thread runs a second loop:
+    # a lock taken here must belong to this thread's task, not to the task
+    # the first loop is stepping.
     lock = OrderedLock(LockRank.ACTIVE, "a")
-    _locks._forget_loop()
-    async with lock:
-        assert lock.owned_by_current_task()
-        _locks._forget_loop()
-        assert lock.owned_by_current_task()
-    assert _locks._loop_cache.loop is asyncio.get_running_loop()
+    first = asyncio.new_event_loop()
+    stepping = threading.Event()
+    resume = threading.Event()
+
+    async def touch() -> None:
+        async with lock:
+            pass
+
+    async def hold_a_step() -> None:
+        stepping.set()
+        resume.wait(DEADLINE)
+
+    first.run_until_complete(touch())
+    other = threading.Thread(target=first.run_until_complete, args=(hold_a_step(),))
+    other.start()
+    try:
+        assert stepping.wait(DEADLINE)
+
+        async def take() -> tuple[object, object]:
+            async with lock:
+                return lock._owner, asyncio.current_task()
+
+        owner, me = asyncio.run(take())
+    finally:
+        resume.set()
+        other.join(DEADLINE)
+        first.close()
+    assert owner is me
+    assert not lock.locked()
 
 
 def test_lock_order_error_is_a_runtime_error():

@@ -64,8 +64,6 @@ import asyncio
 import collections
 import contextvars
 import enum
-import os
-import threading
 from types import TracebackType
 from typing import Final, final
 
@@ -105,58 +103,11 @@ _held: Final[contextvars.ContextVar[tuple[_HeldEntry, ...]]] = contextvars.Conte
 )
 
 
-class _LoopCache(threading.local):
-    """The event loop this thread last ran a lock operation in."""
-
-    loop: asyncio.AbstractEventLoop | None = None
-
-
-_loop_cache: Final = _LoopCache()
-
-
-def _task_registry() -> dict[asyncio.AbstractEventLoop, asyncio.Task[object]]:
-    """Return asyncio's map from each loop to the task it is stepping now.
-
-    An empty dict if this Python does not keep one (then every lookup misses
-    and takes the official route).
-    """
-    registry = getattr(asyncio.tasks, "_current_tasks", None)
-    return registry if isinstance(registry, dict) else {}
-
-
-_tasks_by_loop: Final = _task_registry()
-
-
-def _forget_loop() -> None:
-    _loop_cache.loop = None
-
-
-# A child process forked from inside a task inherits a stale entry.
-os.register_at_fork(after_in_child=_forget_loop)
-
-
-def _running_task() -> asyncio.Task[object] | None:
-    """Return the current task, like asyncio.current_task(), but cheaper.
-
-    On Python 3.11, asyncio.current_task() asks for the running loop, which
-    costs a getpid() system call each time: most of the cost of an uncontended
-    acquisition. With the thread's loop cached, the lookup is a dictionary
-    probe. A hit is the right answer as long as a loop is driven by one thread
-    at a time; a miss (another loop, no task running) takes the official
-    route and refreshes the cache.
-
-    Raises:
-        RuntimeError: No event loop is running in this thread.
-    """
-    loop = _loop_cache.loop
-    if loop is not None:
-        task = _tasks_by_loop.get(loop)
-        if task is not None:
-            return task
-    task = asyncio.current_task()
-    if task is not None:
-        _loop_cache.loop = task.get_loop()
-    return task
+# The task that runs the current code: asyncio's public lookup, bound once.
+# Each call asks for the running loop (on Python 3.11 that includes a getpid()
+# system call); asyncio offers no cheaper way that is right whatever loop or
+# thread the caller is in.
+_running_task: Final = asyncio.current_task
 
 
 def _discard(waiters: collections.deque[_Waiter], waiter: _Waiter) -> None:
