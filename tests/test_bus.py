@@ -994,9 +994,14 @@ async def test_fan_out_to_ten_thousand_spaces_counts():
 # --- odds and ends ------------------------------------------------------------------
 
 
-def test_default_bus_is_one_process_wide_bus():
+async def test_default_bus_is_one_bus_per_loop():
     assert default_bus() is default_bus()
     assert isinstance(default_bus(), InvalidationBus)
+
+
+def test_default_bus_needs_a_running_loop():
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        default_bus()
 
 
 def test_statistics_are_frozen():

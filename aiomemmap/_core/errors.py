@@ -22,6 +22,7 @@ __all__ = [
     "MemoryFault",
     "OutOfMemoryError",
     "RefCountError",
+    "WrongLoopError",
     "check_invariant",
 ]
 
@@ -49,6 +50,16 @@ class OutOfMemoryError(AiomemmapError, MemoryError):
 
 class LockOrderError(AiomemmapError, RuntimeError):
     """A lock was taken out of rank order while debug checks are on."""
+
+
+class WrongLoopError(AiomemmapError, RuntimeError):
+    """An object bound to one event loop was used from another loop or thread.
+
+    Objects that keep state for the tasks of one event loop (an
+    :class:`~aiomemmap.InvalidationBus`, for instance) bind to the loop they
+    are first used on. The message names the object, the loop and thread it
+    belongs to, and the loop and thread it was used from.
+    """
 
 
 class InvariantError(AiomemmapError, AssertionError):

@@ -5,6 +5,12 @@ maps the affected offsets to forget its translations. It does so through
 :meth:`InvalidationBus.publish`, which delivers the invalidations to all the
 spaces concurrently and returns once each has applied its share. Lock ranks
 are those of the :mod:`aiomemmap._core.locks` module docstring.
+
+A bus serves the tasks of one event loop: it binds to the loop it first
+publishes on, and publishing on it from any other loop (and so from any other
+thread) raises :class:`~aiomemmap._core.errors.WrongLoopError`. Each event
+loop also has a default bus of its own, :func:`default_bus`, which a
+:class:`~aiomemmap.MappingSet` created without a bus publishes on.
 """
 
 from __future__ import annotations
@@ -12,15 +18,16 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import threading
 import types
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, final
 
-import anyio
-
+from aiomemmap._core.cancel import finish_shielded
 from aiomemmap._core.debug import is_debug
-from aiomemmap._core.errors import AlignmentError
+from aiomemmap._core.errors import AlignmentError, WrongLoopError
 from aiomemmap._core.locks import LockRank, check_may_take
 from aiomemmap._core.ranges import AddrRange
 from aiomemmap.memmap.interfaces import InvalidateOpts, MappingSpace
@@ -155,14 +162,48 @@ class InvalidationBus:
     task as current), then helps with whatever is left. Each space's calls run
     in their own copy of the context, as they would in a task of their own.
 
+    A bus belongs to one event loop: the one it first publishes on. From then
+    on, :meth:`publish` called from another loop, which is to say from another
+    thread or after the loop was replaced (a second ``asyncio.run``), raises
+    :class:`~aiomemmap._core.errors.WrongLoopError` and changes nothing. Code
+    that runs on several loops gives each its own bus, or uses the default bus
+    of each loop (:func:`default_bus`).
+
+    Args:
+        name: A name for messages; by default one made from the bus's id.
+
+    Raises:
+        TypeError: ``name`` is neither a str nor ``None``.
+        ValueError: ``name`` is empty.
+
     Concurrency:
-        Task-safe within one event loop; not thread-safe. Deliveries to one
-        space are applied in the order their publishes were called.
+        Task-safe within the event loop it is bound to; :meth:`statistics` may
+        be called from any thread. Deliveries to one space are applied in the
+        order their publishes were called.
     """
 
-    __slots__ = ("_deliveries", "_failures", "_publishes", "_tails")
+    __slots__ = (
+        "_deliveries",
+        "_failures",
+        "_loop_ref",
+        "_name",
+        "_owner",
+        "_publishes",
+        "_tails",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, *, name: str | None = None) -> None:
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a str or None, got {name!r}")
+        if name == "":
+            raise ValueError("name must be a non-empty str or None, got ''")
+        self._name = name
+        # The loop the bus is bound to, held weakly so that the default bus
+        # of a loop, kept in a table keyed weakly by that loop, does not keep
+        # the loop alive. None until the first publish.
+        self._loop_ref: weakref.ref[asyncio.AbstractEventLoop] | None = None
+        # The bound loop and its thread, described for error messages.
+        self._owner = ""
         # id(space) -> the last job queued for that space. The job holds the
         # space, so the id stays valid while the entry exists.
         self._tails: dict[int, _Job] = {}
@@ -171,9 +212,40 @@ class InvalidationBus:
         self._failures = 0
 
     def __repr__(self) -> str:
+        name = f" {self._name!r}" if self._name is not None else ""
         return (
-            f"<InvalidationBus publishes={self._publishes} "
+            f"<InvalidationBus{name} publishes={self._publishes} "
             f"spaces_in_flight={len(self._tails)}>"
+        )
+
+    @property
+    def name(self) -> str:
+        """The name used in messages: the one given, or one made from the id."""
+        name = self._name
+        return name if name is not None else f"InvalidationBus@{id(self):#x}"
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind the bus to ``loop``, or raise if it belongs to another one.
+
+        Called by :meth:`publish` when ``loop`` is not the bound loop, so
+        only on the first publish or on a misuse.
+
+        Raises:
+            WrongLoopError: The bus is bound to another loop (alive or not).
+        """
+        with _binding_lock:
+            ref = self._loop_ref
+            if ref is None:
+                self._loop_ref = weakref.ref(loop)
+                self._owner = _describe_loop(loop)
+                return
+            if ref() is loop:
+                return
+        raise WrongLoopError(
+            f"{self.name} belongs to {self._owner}; it was used from "
+            f"{_describe_loop(loop)}. A bus serves one event loop: give each "
+            f"loop its own bus, or use the default bus of each loop "
+            f"(default_bus())"
         )
 
     def statistics(self) -> BusStatistics:
@@ -217,6 +289,10 @@ class InvalidationBus:
                 or a space has no ``invalidate`` method.
             ValueError: A range is empty.
             AlignmentError: A range is not page-aligned.
+            WrongLoopError: The bus is bound to another event loop (see the
+                class docstring). Raised before anything else is checked;
+                nothing changes.
+            RuntimeError: Not called from a running event loop.
             LockOrderError: Debug checks are on and the calling task holds a
                 lock of rank ``ACTIVE`` or ``TRANSLATE``.
             ExceptionGroup: Some ``invalidate`` calls raised. Every other
@@ -254,6 +330,10 @@ class InvalidationBus:
             before the call returns. Cancellation before the input was
             accepted delivers nothing.
         """
+        loop = asyncio.get_running_loop()
+        ref = self._loop_ref
+        if ref is None or ref() is not loop:
+            self._bind(loop)
         if not isinstance(opts, InvalidateOpts):
             raise TypeError(f"opts must be an InvalidateOpts, got {opts!r}")
         jobs = _plan(deliveries)
@@ -275,7 +355,6 @@ class InvalidationBus:
             else:
                 job.prev = prev
                 queued.append(job)
-        loop = asyncio.get_running_loop()
         join = _Join(len(jobs))
         for job in queued:
             self._spawn_worker(_Batch([job]), opts, join, loop)
@@ -283,8 +362,13 @@ class InvalidationBus:
         if ready:
             cancelled = await self._work_in_caller(_Batch(ready), opts, join, loop)
         if join.remaining:
-            late = await _wait_uncancellable(join, loop, shield=cancelled is not None)
-            cancelled = cancelled or late
+            waiter: asyncio.Future[None] = loop.create_future()
+            join.waiter = waiter
+            try:
+                await finish_shielded(waiter)
+            except asyncio.CancelledError as exc:
+                if cancelled is None:
+                    cancelled = exc
         if cancelled is not None:
             raise cancelled
         if join.errors:
@@ -596,55 +680,50 @@ def _check_item(
     return _Job(space, invalidate, ar)
 
 
-async def _wait_uncancellable(
-    join: _Join, loop: asyncio.AbstractEventLoop, *, shield: bool
-) -> asyncio.CancelledError | None:
-    """Wait until every job of ``join`` has finished, whatever happens.
-
-    Args:
-        join: What to wait for.
-        loop: The running loop.
-        shield: The caller was already cancelled.
-
-    Returns:
-        The first ``CancelledError`` delivered to the calling task while it
-        waited, or ``None``.
-    """
-    cancelled: asyncio.CancelledError | None = None
-    while join.remaining:
-        waiter = join.waiter = loop.create_future()
-        try:
-            if not shield:
-                await waiter
-            else:
-                # Keep anyio cancel scopes from cancelling the task again on
-                # every loop iteration while it waits.
-                with anyio.CancelScope(shield=True):
-                    await waiter
-        except asyncio.CancelledError as exc:
-            if cancelled is None:
-                cancelled = exc
-            shield = True
-    return cancelled
+def _describe_loop(loop: asyncio.AbstractEventLoop) -> str:
+    """Name ``loop`` and the thread running it, for error messages."""
+    thread = threading.current_thread()
+    return (
+        f"event loop {type(loop).__name__}@{id(loop):#x} in thread "
+        f"{thread.name!r} (ident {thread.ident})"
+    )
 
 
-_default_bus: InvalidationBus | None = None
+# Serialises binding buses, and creating default buses, across threads.
+_binding_lock: Final = threading.Lock()
+# The default bus of each event loop, dropped with the loop.
+_defaults: Final[
+    weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, InvalidationBus]
+] = weakref.WeakKeyDictionary()
 
 
 def default_bus() -> InvalidationBus:
-    """Return the process-wide bus that mapping sets use unless given another.
+    """Return the default bus of the running event loop.
 
-    The bus is bound to no event loop (it keeps state only while a publish is
-    in flight), so successive loops in one process can share it.
+    Every event loop has a default bus of its own, created on first use and
+    dropped with the loop; it is the bus a :class:`~aiomemmap.MappingSet`
+    created without one publishes on while that loop runs it. Successive
+    loops in one thread (two calls of ``asyncio.run``, say) and loops in
+    different threads therefore never share a bus, and no state outlives its
+    loop.
 
     Returns:
-        The same :class:`InvalidationBus` on every call.
+        The same :class:`InvalidationBus` on every call from one loop.
+
+    Raises:
+        RuntimeError: No event loop is running in the calling thread.
 
     Locking:
-        Takes no lock.
+        Takes no :class:`~aiomemmap.OrderedLock`; the first call from a loop
+        takes a ``threading.Lock`` of this module for an instant.
     """
-    global _default_bus
-    bus = _default_bus
+    loop = asyncio.get_running_loop()
+    bus = _defaults.get(loop)
     if bus is None:
-        bus = _default_bus = InvalidationBus()
+        bus = InvalidationBus(
+            name=f"the default bus of event loop {type(loop).__name__}@{id(loop):#x}"
+        )
+        bus._bind(loop)
+        with _binding_lock:
+            bus = _defaults.setdefault(loop, bus)
     return bus

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Final, TypeAlias, final
 
-from aiomemmap._core.errors import AlignmentError
+from aiomemmap._core.errors import AlignmentError, InvariantError
 from aiomemmap._core.pages import ADDR_LIMIT, PAGE_MASK, is_int
 from aiomemmap._core.ranges import AddrRange, MappableRange
 from aiomemmap._core.segments import NO_MERGE, NoMerge, SegmentMap
@@ -74,8 +74,16 @@ class MappingSet:
     """The set of mappings of a Mappable's offsets, for invalidation.
 
     Args:
-        bus: The bus that delivers invalidations; by default the process-wide
-            bus, which orders invalidations to each space across Mappables.
+        bus: The bus that delivers invalidations; it must be the bus of the
+            event loop the set is used on (see :class:`InvalidationBus`). By
+            default the set publishes on the default bus of whichever loop is
+            running when it publishes (:func:`~aiomemmap.memmap.bus.default_bus`),
+            so a set created outside any loop, or used under successive loops,
+            works; that bus orders invalidations to each space across the
+            Mappables of its loop.
+
+    Raises:
+        TypeError: ``bus`` is neither an ``InvalidationBus`` nor ``None``.
 
     Invariants:
         Every segment has at least one mapping; each mapping's address range
@@ -92,13 +100,32 @@ class MappingSet:
     def __init__(self, bus: InvalidationBus | None = None) -> None:
         if bus is not None and not isinstance(bus, InvalidationBus):
             raise TypeError(f"bus must be an InvalidationBus or None, got {bus!r}")
-        self._bus = bus if bus is not None else default_bus()
+        # None: the default bus of the loop running at each publish.
+        self._bus = bus
         self._set: SegmentMap[_Mappings] = SegmentMap(_merge, _split)
 
     @property
     def bus(self) -> InvalidationBus:
-        """The bus this set publishes invalidations on."""
-        return self._bus
+        """The bus this set publishes invalidations on.
+
+        For a set created without a bus, the default bus of the running event
+        loop.
+
+        Raises:
+            RuntimeError: The set was created without a bus and no event loop
+                is running in the calling thread.
+        """
+        bus = self._bus
+        return bus if bus is not None else default_bus()
+
+    async def _publish(
+        self, deliveries: list[tuple[MappingSpace, AddrRange]], opts: InvalidateOpts
+    ) -> None:
+        """Publish ``deliveries`` on this set's bus."""
+        bus = self._bus
+        if bus is None:
+            bus = default_bus()
+        await bus.publish(deliveries, opts)
 
     def is_empty(self) -> bool:
         """Return whether no offset is mapped."""
@@ -218,6 +245,8 @@ class MappingSet:
             ValueError: ``mr`` is empty.
             ExceptionGroup: Some spaces failed; every other space was still
                 invalidated.
+            WrongLoopError: The set's bus is bound to another event loop;
+                nothing was delivered.
 
         Locking:
             The caller may hold ``LockRank.MAPPABLE`` locks but no
@@ -233,7 +262,7 @@ class MappingSet:
         _check_opts(opts)
         deliveries = list(self._deliveries(mr.start, mr.end))
         if deliveries:
-            await self._bus.publish(deliveries, opts)
+            await self._publish(deliveries, opts)
 
     async def invalidate_all(self, opts: InvalidateOpts) -> None:
         """Tell every space that maps anything to drop its translations.
@@ -242,6 +271,7 @@ class MappingSet:
             TypeError: ``opts`` is not an ``InvalidateOpts``.
             ExceptionGroup: Some spaces failed; every other space was still
                 invalidated.
+            WrongLoopError: As for :meth:`invalidate`.
 
         Locking:
             As :meth:`invalidate`.
@@ -254,7 +284,7 @@ class MappingSet:
             (ms, AddrRange(a, b)) for seg in self._set for ms, a, b, _ in seg.value
         ]
         if deliveries:
-            await self._bus.publish(deliveries, opts)
+            await self._publish(deliveries, opts)
 
     def mapped_ranges(self) -> Iterator[MappableRange]:
         """Iterate over the mapped offset ranges, one per segment, ascending."""
@@ -269,14 +299,18 @@ class MappingSet:
                 yield mr, ms, AddrRange(a, b), w
 
     def check_invariants(self) -> None:
-        """Check the set's invariants; raise ``AssertionError`` if one fails."""
+        """Check the set's invariants.
+
+        Raises:
+            InvariantError: An invariant does not hold (an ``AssertionError``).
+        """
         self._set.check_invariants()
         for seg in self._set:
             if not seg.value:
-                raise AssertionError(f"segment [{seg.start:#x}, {seg.end:#x}) is empty")
+                raise InvariantError(f"segment [{seg.start:#x}, {seg.end:#x}) is empty")
             for ms, a, b, _ in seg.value:
                 if b - a != seg.end - seg.start:
-                    raise AssertionError(
+                    raise InvariantError(
                         f"mapping {a:#x}-{b:#x} of {ms!r} does not match segment "
                         f"[{seg.start:#x}, {seg.end:#x})"
                     )
