@@ -18,6 +18,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from aiomemmap._core import host
 from aiomemmap._core.access import AccessType
 from aiomemmap._core.blockseq import BlockSeq, copy_seq
 from aiomemmap._core.debug import set_debug
@@ -577,26 +578,12 @@ def test_decommit_falls_back_to_zeroing_when_punching_fails(monkeypatch):
         mf.dec_ref(again)
 
 
-def test_punch_hole_without_fallocate(monkeypatch, mf):
-    monkeypatch.setattr(_memfile, "_fallocate", None)
-    with pytest.raises(OSError, match="fallocate") as info:
-        _memfile._punch_hole(mf.fd(), 0, P)
-    assert info.value.errno == errno.ENOSYS
+def test_decommit_without_fallocate_zeroes_instead(monkeypatch, mf):
+    monkeypatch.setattr(host, "fallocate", None)
     fr = mf.allocate(P)
     write(mf, fr, b"\x01" * P)
     mf.dec_ref(fr)  # zeroed instead
     assert read(mf, mf.allocate(P)) == bytes(P)
-
-
-def test_punch_hole_reports_host_errors():
-    with pytest.raises(OSError, match="fallocate") as info:
-        _memfile._punch_hole(-1, 0, P)
-    assert info.value.errno == errno.EBADF
-
-
-def test_find_fallocate_in_a_library_without_it():
-    assert _memfile._find_fallocate(object()) is None
-    assert _memfile._fallocate is not None
 
 
 # ----------------------------------------------------------------------

@@ -36,15 +36,22 @@ import asyncio
 import contextlib
 import errno
 import itertools
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, TypeVar, final
+from typing import Any, Final, final
 
 from aiomemmap._core.access import AccessType
-from aiomemmap._core.blockseq import BlockSeq, copy_seq, zero_seq
+from aiomemmap._core.blockseq import BlockSeq, zero_seq
+from aiomemmap._core.cancel import finish_shielded
 from aiomemmap._core.debug import is_debug
-from aiomemmap._core.errors import AlignmentError, BusError, ClosedError, RefCountError
+from aiomemmap._core.errors import (
+    AlignmentError,
+    BusError,
+    ClosedError,
+    InvariantError,
+    RefCountError,
+    check_invariant,
+)
 from aiomemmap._core.locks import LockRank, OrderedLock, detached_context
 from aiomemmap._core.pages import (
     ADDR_LIMIT,
@@ -56,8 +63,10 @@ from aiomemmap._core.pages import (
     page_round_up,
 )
 from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
-from aiomemmap._core.segments import NO_MERGE, NoMerge, Segment, SegmentMap, merge_equal
+from aiomemmap._core.segments import SegmentMap
 from aiomemmap.backings.base import Backing, RetryPolicy, call_with_retry, read_fully
+from aiomemmap.fsutil.dirty_set import DirtySet
+from aiomemmap.fsutil.file_range_set import FileRangeSet, release
 from aiomemmap.mappables.readahead import (
     AdaptiveReadahead,
     ReadaheadHint,
@@ -104,8 +113,6 @@ _NO_PRIVATE: Final = InvalidateOpts(invalidate_private=False)
 _WITH_PRIVATE: Final = InvalidateOpts(invalidate_private=True)
 _inode_ids = itertools.count(1)
 
-T = TypeVar("T")
-
 
 @final
 @dataclass(frozen=True, slots=True)
@@ -139,42 +146,10 @@ class CacheStatistics:
     evictions: int
 
 
-def _merge_file_offsets(
-    start: int, mid: int, end: int, left: int, right: int
-) -> int | NoMerge:
-    """Merge cache segments whose memory-file pages are contiguous."""
-    return left if left + (mid - start) == right else NO_MERGE
-
-
-def _split_file_offsets(start: int, end: int, value: int, at: int) -> tuple[int, int]:
-    return value, value + (at - start)
-
-
 def _consume(task: asyncio.Task[Any]) -> None:
     """Mark a task's outcome as seen, so that asyncio does not log it."""
     if not task.cancelled():
         task.exception()
-
-
-async def _uncancellable(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` to its end even if the caller is cancelled meanwhile.
-
-    For work that must not stop half way (freeing pages after an
-    invalidation). The coroutine runs in a task created in the caller's
-    context, so the lock-order checker sees the caller's locks as held. A
-    cancellation of the caller is re-raised once the work is done.
-    """
-    task = asyncio.get_running_loop().create_task(coro)
-    cancelled: asyncio.CancelledError | None = None
-    while not task.done():
-        try:
-            await asyncio.wait((task,))
-        except asyncio.CancelledError as exc:
-            cancelled = exc
-    if cancelled is not None:
-        _consume(task)
-        raise cancelled
-    return task.result()
 
 
 def _subtract(
@@ -194,40 +169,6 @@ def _subtract(
     if pos < end:
         out.append((pos, end))
     return out
-
-
-async def _reserve_cache(mf: MemoryFile, length: int) -> None:
-    """Make room in ``mf``'s cache budget for ``length`` bytes; reserve them.
-
-    Evicts the least recently used evictable ranges, of any cached file
-    sharing ``mf``, until the reservation is granted. Each registered range
-    is tried at most about once per call; if the budget still does not
-    allow it (everything left is dirty and unwritable right now, pinned by
-    a waiting access, or the registry is empty because the rest is being
-    fetched), the reservation is forced: the cache then exceeds the limit by
-    at most this fetch, rather than waiting for room that may never come.
-
-    The caller must release the reservation with
-    ``mf.release_cache_reservation(length)`` once the pages are allocated.
-
-    Locking:
-        Called from fetch tasks, which hold no lock; may take the
-        ``MAPPABLE`` lock of a cached file that is not locked, to write its
-        dirty pages back, and never waits for one that is.
-
-    Cancellation:
-        Nothing is reserved unless the call returns.
-    """
-    tries = mf.evictable_count()
-    while not mf.try_reserve_cache(length):
-        victim = mf.pop_evictable() if tries > 0 else None
-        if victim is None:
-            mf.force_reserve_cache(length)
-            return
-        tries -= 1
-        user, start, end = victim
-        if isinstance(user, CachedFile):
-            await user._evict(start, end)
 
 
 @final
@@ -374,8 +315,9 @@ class CachedFile:
           touches the most recently used. Parts of a unit that outlive an
           eviction or a truncation become units of their own.
         * Who evicts: a fetch, before allocating its pages, reserves room
-          with :func:`_reserve_cache`, which pops victims and calls
-          :meth:`_evict` on their owners until the reservation is granted.
+          with the memory file's evictor (:meth:`~aiomemmap.pgalloc.eviction.
+          Evictor.reserve`), which pops victims of any evictable user and
+          calls their :meth:`evict` until the reservation is granted.
         * What goes: the cached, clean pages of the victim that no access in
           progress is waiting for (``_pins``: the required ranges of every
           :meth:`_populate` call). Dirty pages are first written back, but
@@ -532,10 +474,8 @@ class CachedFile:
         # Protected by self._lock.
         self._mappings = MappingSet(bus=bus)
         # The cache state below changes only between awaits (see Concurrency).
-        self._cache: SegmentMap[int] = SegmentMap(
-            _merge_file_offsets, _split_file_offsets
-        )
-        self._dirty: SegmentMap[bool] = SegmentMap(merge_equal)
+        self._cache = FileRangeSet()
+        self._dirty = DirtySet()
         self._fetches: SegmentMap[_Fetch] = SegmentMap()
         self._fetch_tasks: set[asyncio.Task[None]] = set()
         self._size: int | None = None
@@ -661,25 +601,32 @@ class CachedFile:
         return not self._mappings.is_empty()
 
     def check_invariants(self) -> None:
-        """Check the class invariants; raise ``AssertionError`` if one fails."""
+        """Check the class invariants.
+
+        Raises:
+            InvariantError: An invariant does not hold.
+        """
         self._cache.check_invariants()
         self._dirty.check_invariants()
         self._fetches.check_invariants()
         for seg in self._fetches:
-            assert self._cache.is_empty_range(seg.start, seg.end), (
-                f"offsets [{seg.start:#x}, {seg.end:#x}) are cached and fetched"
-            )
+            if not self._cache.is_empty_range(seg.start, seg.end):
+                raise InvariantError(
+                    f"offsets [{seg.start:#x}, {seg.end:#x}) are cached and fetched"
+                )
         for dseg in self._dirty:
             hole = self._cache.first_hole(dseg.start, dseg.end)
-            assert hole is None, f"dirty offsets {hole} are not cached"
+            check_invariant(hole is None, f"dirty offsets {hole} are not cached")
         if self._budget:
             self._units.check_invariants()
-            assert self._units.span() == self._cache.span(), (
-                f"units span {self._units.span():#x}, the cache {self._cache.span():#x}"
-            )
+            if self._units.span() != self._cache.span():
+                raise InvariantError(
+                    f"units span {self._units.span():#x}, "
+                    f"the cache {self._cache.span():#x}"
+                )
             for useg in self._units:
                 hole = self._cache.first_hole(useg.start, useg.end)
-                assert hole is None, f"unit offsets {hole} are not cached"
+                check_invariant(hole is None, f"unit offsets {hole} are not cached")
 
     # ------------------------------------------------------------------
     # Lifetime
@@ -730,7 +677,7 @@ class CachedFile:
                 except Exception as exc:
                     error = exc
             self._closed = True
-            await _uncancellable(self._shutdown())
+            await finish_shielded(self._shutdown())
         if error is not None:
             raise error
 
@@ -745,32 +692,14 @@ class CachedFile:
         if self._evict_tasks:
             # Evictions of pages revoked earlier: let them free their pages.
             await asyncio.wait(list(self._evict_tasks))
-        dropped = self._cache.remove_all()
-        self._dirty.remove_all()
+        dropped = self._cache.drop_all()
+        self._dirty.drop_all()
         self._forget_units()
         try:
             if not self._mappings.is_empty():
                 await self._mappings.invalidate_all(_NO_PRIVATE)
         finally:
-            self._free(dropped)
-
-    def _free(self, segs: list[Segment[int]]) -> None:
-        """Drop this file's reference on the pages of removed cache segments."""
-        mf = self._mf
-        if mf.closed or not segs:
-            return
-        # One dec_ref per run of contiguous memory-file pages: the same
-        # references are dropped, but the memory file frees (and punches a
-        # hole for) a whole run at once instead of page range by page range.
-        runs = sorted((seg.value, seg.value + seg.end - seg.start) for seg in segs)
-        lo, hi = runs[0]
-        for a, b in runs[1:]:
-            if a == hi:
-                hi = b
-                continue
-            mf.dec_ref(FileRange(lo, hi))
-            lo, hi = a, b
-        mf.dec_ref(FileRange(lo, hi))
+            release(self._mf, dropped)
 
     def _is_closed(self) -> bool:
         # A method call, so that a check after an await is not judged
@@ -920,7 +849,7 @@ class CachedFile:
         """
         length = fetch.end - fetch.start
         if self._budget:
-            await _reserve_cache(self._mf, length)
+            await self._mf.evictor.reserve(length)
             try:
                 fr = self._mf.allocate(length, kind=MemoryKind.PAGE_CACHE)
             finally:
@@ -1048,9 +977,9 @@ class CachedFile:
     def _touch(self, start: int, end: int) -> None:
         """Make the units overlapping ``[start, end)`` the most recently used."""
         if self._budget:
-            mf = self._mf
-            for useg in self._units.segments(start, end):
-                mf.touch_evictable(self, useg.start)
+            self._mf.evictor.touch_all(
+                self, [useg.start for useg in self._units.segments(start, end)]
+            )
 
     def _forget_units(self) -> None:
         """Forget every unit (the whole cache was dropped)."""
@@ -1077,12 +1006,17 @@ class CachedFile:
                 self._units.insert_without_merging(lo, hi, None)
                 mf.mark_evictable(self, lo, hi)
 
-    async def _evict(self, start: int, end: int) -> None:
-        """Evict what can go of ``[start, end)``: a range the budget picked.
+    async def evict(self, er: MappableRange) -> None:
+        """Evict what can go of the offsets ``er``: a range the budget picked.
 
-        Dirty pages are written back first if this file's lock is free right
-        now; then :meth:`_revoke` does the rest. Tolerates any range: what is
-        not cached, or no longer this file's, is ignored.
+        The :class:`~aiomemmap.memmap.interfaces.EvictableUser` method, called
+        by the memory file's evictor. Dirty pages are written back first if
+        this file's lock is free right now; then :meth:`_revoke` does the
+        rest. Tolerates any range: what is not cached, or no longer this
+        file's, is ignored.
+
+        Args:
+            er: The offsets.
 
         Locking:
             Called holding no lock. Takes ``_lock`` only if it is free.
@@ -1090,6 +1024,7 @@ class CachedFile:
         Cancellation:
             Pages not yet written back stay dirty and cached.
         """
+        start, end = er.start, er.end
         if self._closed:
             return
         if not self._dirty.is_empty_range(start, end) and not self._lock.locked():
@@ -1122,12 +1057,12 @@ class CachedFile:
             # Nothing can go now: register the range again.
             self._resync_units(start, end)
             return
-        dropped: list[Segment[int]] = []
+        dropped: list[FileRange] = []
         total = 0
         for a, b in pieces:
-            got = self._cache.remove_range(a, b)
+            got = self._cache.drop(a, b)
             dropped.extend(got)
-            total += sum(seg.length for seg in got)
+            total += sum(fr.length for fr in got)
         self._resync_units(start, end)
         if not total:
             return
@@ -1151,7 +1086,7 @@ class CachedFile:
         task.add_done_callback(_consume)
 
     async def _finish_evict(
-        self, dropped: list[Segment[int]], mapped: list[tuple[int, int]], total: int
+        self, dropped: list[FileRange], mapped: list[tuple[int, int]], total: int
     ) -> None:
         """Invalidate the spaces mapping evicted pages, then free the pages."""
         try:
@@ -1160,37 +1095,11 @@ class CachedFile:
         finally:
             self._free_evicted(dropped, total)
 
-    def _free_evicted(self, dropped: list[Segment[int]], total: int) -> None:
+    def _free_evicted(self, dropped: list[FileRange], total: int) -> None:
         if self._mf.closed:
             return
-        self._free(dropped)
+        release(self._mf, dropped)
         self._mf.end_eviction(total)
-
-    # ------------------------------------------------------------------
-    # Dirty tracking (gVisor's DirtySet); none of these await.
-
-    def _mark_dirty(self, start: int, end: int) -> None:
-        gaps = [
-            (max(g.start, start), min(g.end, end)) for g in self._dirty.gaps(start, end)
-        ]
-        for lo, hi in gaps:
-            self._dirty.insert(lo, hi, False)
-
-    def _keep_dirty(self, start: int, end: int) -> None:
-        self._mark_dirty(start, end)
-        self._dirty.mutate_range(start, end, lambda seg: True)
-
-    def _mark_clean(self, start: int, end: int) -> None:
-        dirty = self._dirty
-        dirty.split_at(start)
-        dirty.split_at(end)
-        for seg in list(dirty.segments(start, end)):
-            if not seg.value:
-                dirty.remove(seg)
-        dirty.merge_outside_range(start, end)
-
-    def _allow_clean(self, start: int, end: int) -> None:
-        self._dirty.mutate_range(start, end, lambda seg: False)
 
     # ------------------------------------------------------------------
     # Mappable
@@ -1248,7 +1157,7 @@ class CachedFile:
         """
         async with self._lock:
             for mr in self._mappings.remove_mapping(ms, ar, offset, writable):
-                self._allow_clean(mr.start, mr.end)
+                self._dirty.allow_clean(mr.start, mr.end)
 
     async def copy_mapping(
         self,
@@ -1357,12 +1266,13 @@ class CachedFile:
         if error is None and end < required.end:
             error = BusError(EOFError(f"{required} extends past the end of {self!r}"))
         if at.write and translations:
-            self._keep_dirty(required.start, end)
+            self._dirty.keep_dirty(required.start, end)
         if is_debug():
             problem = check_translate_result(
                 required, optional, at, translations, error
             )
-            assert problem is None, problem
+            if problem is not None:
+                raise InvariantError(problem)
         return TranslateResult(translations, error)
 
     def _translations(
@@ -1383,22 +1293,9 @@ class CachedFile:
             # Truncated below the required pages while they were fetched.
             return []
         perms = AccessType.ANY if at.write else AccessType.READ_EXECUTE
-        out: list[Translation] = []
-        pos = required.start
-        for seg in self._cache.segments(pos, limit):
-            if seg.start > pos or pos >= required.end:
-                break
-            end = min(seg.end, limit)
-            out.append(
-                Translation(
-                    MappableRange(pos, end),
-                    self._mf,
-                    seg.value + (pos - seg.start),
-                    perms,
-                )
-            )
-            pos = end
-        return out
+        return self._cache.translations(
+            required, MappableRange(required.start, limit), self._mf, perms
+        )
 
     # ------------------------------------------------------------------
     # Reads and writes
@@ -1483,36 +1380,11 @@ class CachedFile:
         return self._copy_out(offset, end)
 
     def _copy_out(self, start: int, end: int) -> bytes:
-        seg = self._cache.find(start)
-        if seg is not None and seg.end >= end:
-            # One segment holds it all: one copy, no join.
-            fo = seg.value + (start - seg.start)
-            return self._mf.map_internal(
-                FileRange(fo, fo + end - start), AccessType.READ
-            ).tobytes()
-        parts: list[bytes] = []
-        for seg in self._cache.segments(start, end):
-            lo, hi = max(seg.start, start), min(seg.end, end)
-            fo = seg.value + (lo - seg.start)
-            parts.append(
-                self._mf.map_internal(
-                    FileRange(fo, fo + hi - lo), AccessType.READ
-                ).tobytes()
-            )
-        data = b"".join(parts)
-        assert len(data) == end - start
-        return data
+        return self._cache.read(self._mf, start, end)
 
     def _copy_in(self, start: int, data: memoryview) -> None:
-        end = start + len(data)
-        done = 0
-        for seg in self._cache.segments(start, end):
-            lo, hi = max(seg.start, start), min(seg.end, end)
-            fo = seg.value + (lo - seg.start)
-            dst = self._mf.map_internal(FileRange(fo, fo + hi - lo), AccessType.WRITE)
-            done += copy_seq(dst, BlockSeq([data[lo - start : hi - start]]))
-        assert done == len(data)
-        self._mark_dirty(page_round_down(start), page_round_up(end))
+        self._cache.write(self._mf, start, data)
+        self._dirty.mark_dirty(page_round_down(start), page_round_up(start + len(data)))
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
         """Write ``data`` at ``offset``, extending the file if needed.
@@ -1728,7 +1600,7 @@ class CachedFile:
                         pos += n
                 finally:
                     self._mf.dec_ref(pages)
-            self._mark_clean(lo, hi)
+            self._dirty.mark_clean(lo, hi)
             wrote = True
         if wrote:
             await self._own_change()
@@ -1788,22 +1660,15 @@ class CachedFile:
             self._size = size
             self._ra.reset()
             new_r, old_r = page_round_up(size), page_round_up(old)
-            dropped = self._cache.remove_range(new_r, ADDR_LIMIT)
-            self._dirty.remove_range(new_r, ADDR_LIMIT)
+            dropped = self._cache.drop(new_r, ADDR_LIMIT)
+            self._dirty.drop(new_r, ADDR_LIMIT)
             self._resync_units(new_r, ADDR_LIMIT)
-            if size & PAGE_MASK:
-                tail = self._cache.find(page_round_down(size))
-                if tail is not None:
-                    fo = tail.value + (size - tail.start)
-                    zero_seq(
-                        self._mf.map_internal(
-                            FileRange(fo, fo + new_r - size), AccessType.WRITE
-                        )
-                    )
-            await _uncancellable(self._finish_truncate(dropped, new_r, old_r, size))
+            # The tail of the last page past the new end reads as zero.
+            self._cache.zero(self._mf, size, new_r)
+            await finish_shielded(self._finish_truncate(dropped, new_r, old_r, size))
 
     async def _finish_truncate(
-        self, dropped: list[Segment[int]], new_r: int, old_r: int, size: int
+        self, dropped: list[FileRange], new_r: int, old_r: int, size: int
     ) -> None:
         try:
             if old_r > new_r:
@@ -1811,7 +1676,7 @@ class CachedFile:
                     MappableRange(new_r, old_r), _WITH_PRIVATE
                 )
         finally:
-            self._free(dropped)
+            release(self._mf, dropped)
         await self._backing.truncate(size)
         await self._own_change()
 
@@ -1862,15 +1727,15 @@ class CachedFile:
             self._size = int(new_size)
             self._version = version
             self._ra.reset()
-            dropped = self._cache.remove_all()
-            self._dirty.remove_all()
+            dropped = self._cache.drop_all()
+            self._dirty.drop_all()
             self._forget_units()
-            await _uncancellable(self._finish_drop(dropped))
+            await finish_shielded(self._finish_drop(dropped))
             return True
 
-    async def _finish_drop(self, dropped: list[Segment[int]]) -> None:
+    async def _finish_drop(self, dropped: list[FileRange]) -> None:
         try:
             if not self._mappings.is_empty():
                 await self._mappings.invalidate_all(_NO_PRIVATE)
         finally:
-            self._free(dropped)
+            release(self._mf, dropped)

@@ -19,24 +19,24 @@ import itertools
 from typing import Final, final
 
 from aiomemmap._core.access import AccessType
-from aiomemmap._core.blockseq import BlockSeq, copy_seq, zero_seq
 from aiomemmap._core.errors import (
     AlignmentError,
     BusError,
     ClosedError,
+    InvariantError,
     OutOfMemoryError,
     RefCountError,
+    check_invariant,
 )
 from aiomemmap._core.locks import LockRank, OrderedLock
-from aiomemmap._core.pages import ADDR_LIMIT, PAGE_MASK, PAGE_SIZE, is_int
+from aiomemmap._core.pages import ADDR_LIMIT, PAGE_MASK, is_int
 from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
-from aiomemmap._core.segments import NO_MERGE, NoMerge, Segment, SegmentMap
+from aiomemmap.fsutil.file_range_set import FileRangeSet, release
 from aiomemmap.memmap.bus import InvalidationBus
 from aiomemmap.memmap.interfaces import (
     InvalidateOpts,
     MappingSpace,
     TranslateResult,
-    Translation,
 )
 from aiomemmap.memmap.mapping_set import MappingSet
 from aiomemmap.pgalloc.memory_file import MemoryFile, MemoryKind
@@ -56,18 +56,6 @@ TRANSLATE_LIMIT: Final[int] = 2 * 1024 * 1024
 """How far past ``required`` (within ``optional``) translate reports pages."""
 
 _inode_ids = itertools.count(1)
-
-
-def _merge_pages(
-    start: int, mid: int, end: int, left: int, right: int
-) -> int | NoMerge:
-    """Merge two touching runs of pages iff they are contiguous in the file."""
-    return left if left + (mid - start) == right else NO_MERGE
-
-
-def _split_pages(start: int, end: int, value: int, at: int) -> tuple[int, int]:
-    """Split a run of pages; the second half starts further into the file."""
-    return value, value + (at - start)
 
 
 def _page_up(x: int) -> int:
@@ -253,7 +241,7 @@ class SharedMemory:
         # Protected by self._data_lock (changes of _size also need
         # self._mappings_lock).
         self._size = size
-        self._pages: SegmentMap[int] = SegmentMap(_merge_pages, _split_pages)
+        self._pages = FileRangeSet()
         self._reap_from: int | None = None
         # Changed only without awaiting; _closed needs both locks to be set
         # (except when nothing could be holding them).
@@ -299,36 +287,37 @@ class SharedMemory:
         return not self._mappings.is_empty()
 
     def check_invariants(self) -> None:
-        """Check the invariants; raise ``AssertionError`` if one fails.
+        """Check the invariants; raise ``InvariantError`` if one fails.
 
         Call it while no operation is in progress.
 
         Raises:
-            AssertionError: An invariant does not hold.
+            InvariantError: An invariant does not hold.
         """
         self._pages.check_invariants()
         self._mappings.check_invariants()
-        assert 0 <= self._size <= MAX_SHARED_MEMORY_SIZE, self._size
+        check_invariant(
+            0 <= self._size <= MAX_SHARED_MEMORY_SIZE, f"size {self._size:#x}"
+        )
         if self._closed:
-            assert self._pages.is_empty(), "a closed object still holds pages"
+            check_invariant(self._pages.is_empty(), "a closed object still holds pages")
             return
         last = self._pages.last_segment()
         bound = _page_up(self._size) if self._reap_from is None else None
-        if last is not None and bound is not None:
-            assert last.end <= bound, f"page past the end: {last} size={self._size:#x}"
+        if last is not None and bound is not None and last.end > bound:
+            raise InvariantError(f"page past the end: {last} size={self._size:#x}")
         seen: list[tuple[int, int]] = []
         for seg in self._pages:
-            assert seg.value % PAGE_SIZE == 0, seg
             seen.append((seg.value, seg.value + seg.length))
             fr = FileRange(seg.value, seg.value + seg.length)
             try:
                 # Others may hold references too; this only checks allocation.
                 self._mf.has_unique_ref(fr)
             except RefCountError as exc:
-                raise AssertionError(f"{seg} names unallocated pages") from exc
+                raise InvariantError(f"{seg} names unallocated pages") from exc
         seen.sort()
         for (_, e1), (s2, _) in itertools.pairwise(seen):
-            assert e1 <= s2, "two offsets share a page"
+            check_invariant(e1 <= s2, "two offsets share a page")
 
     # ------------------------------------------------------------------
     # File operations
@@ -363,15 +352,7 @@ class SharedMemory:
             end = min(offset + n, self._size)
             if offset >= end:
                 return b""
-            buf = bytearray(end - offset)
-            for seg in self._pages.segments(offset, end):
-                lo, hi = max(seg.start, offset), min(seg.end, end)
-                src = self._mf.map_internal(
-                    self._file_range(seg, lo, hi), AccessType.READ
-                )
-                dst = BlockSeq([memoryview(buf)[lo - offset : hi - offset]])
-                copy_seq(dst, src)
-            return bytes(buf)
+            return self._pages.read(self._mf, offset, end)
 
     async def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
         """Write ``data`` at ``offset``, extending the file if it ends past it.
@@ -420,12 +401,7 @@ class SharedMemory:
             # stored there; they must read as zero once inside the file.
             if offset > self._size:
                 self._zero_locked(self._size, offset)
-            for seg in self._pages.segments(offset, end):
-                lo, hi = max(seg.start, offset), min(seg.end, end)
-                dst = self._mf.map_internal(
-                    self._file_range(seg, lo, hi), AccessType.WRITE
-                )
-                copy_seq(dst, BlockSeq([view[lo - offset : hi - offset]]))
+            self._pages.write(self._mf, offset, view)
             self._size = max(self._size, end)
             return n
 
@@ -670,21 +646,8 @@ class SharedMemory:
             except OutOfMemoryError as exc:
                 alloc_error = exc
             window = max_optional_range(req, opt, TRANSLATE_LIMIT)
-            ts: list[Translation] = []
-            pos = req.start
-            for seg in self._pages.segments(req.start, window.end):
-                if seg.start > pos or seg.start >= req.end:
-                    break
-                lo, hi = max(seg.start, window.start), min(seg.end, window.end)
-                ts.append(
-                    Translation(
-                        MappableRange(lo, hi),
-                        self._mf,
-                        seg.value + (lo - seg.start),
-                        AccessType.ANY,
-                    )
-                )
-                pos = hi
+            ts = self._pages.translations(req, window, self._mf, AccessType.ANY)
+            pos = ts[-1].source.end if ts else req.start
             if pos >= required.end:
                 return TranslateResult(ts, None)
             if alloc_error is not None and pos < req.end:
@@ -798,11 +761,9 @@ class SharedMemory:
                     "remove the mappings first"
                 )
             self._closed = True
-            segs = self._pages.remove_all()
+            dropped = self._pages.drop_all()
             self._reap_from = None
-            if not self._mf.closed:
-                for seg in segs:
-                    self._mf.dec_ref(FileRange(seg.value, seg.value + seg.length))
+            release(self._mf, dropped)
 
     # ------------------------------------------------------------------
     # Internals
@@ -829,11 +790,6 @@ class SharedMemory:
             f"size {eof:#x})"
         )
 
-    @staticmethod
-    def _file_range(seg: Segment[int], lo: int, hi: int) -> FileRange:
-        base = seg.value + (lo - seg.start)
-        return FileRange(base, base + (hi - lo))
-
     def _reap_locked(self) -> None:
         """Free the pages a cancelled truncation left past the end.
 
@@ -844,8 +800,7 @@ class SharedMemory:
         if bound is None:
             return
         self._reap_from = None
-        for seg in self._pages.remove_range(bound, ADDR_LIMIT):
-            self._mf.dec_ref(FileRange(seg.value, seg.value + seg.length))
+        release(self._mf, self._pages.drop(bound, ADDR_LIMIT))
 
     def _allocate_holes_locked(self, start: int, end: int) -> None:
         """Allocate zeroed pages for every hole in ``[start, end)``.
@@ -858,20 +813,7 @@ class SharedMemory:
         Preconditions:
             The caller holds ``_data_lock``; the bounds are page-aligned.
         """
-        holes = [
-            (max(g.start, start), min(g.end, end)) for g in self._pages.gaps(start, end)
-        ]
-        allocated: list[tuple[int, int, FileRange]] = []
-        try:
-            for lo, hi in holes:
-                fr = self._mf.allocate(hi - lo, kind=MemoryKind.TMPFS)
-                allocated.append((lo, hi, fr))
-        except BaseException:
-            for _, _, fr in allocated:
-                self._mf.dec_ref(fr)
-            raise
-        for lo, hi, fr in allocated:
-            self._pages.insert(lo, hi, fr.start)
+        self._pages.fill(start, end, self._mf, MemoryKind.TMPFS)
 
     def _zero_locked(self, start: int, end: int) -> None:
         """Zero the present bytes of offsets ``[start, end)``.
@@ -879,10 +821,4 @@ class SharedMemory:
         Preconditions:
             The caller holds ``_data_lock``.
         """
-        if start >= end:
-            return
-        for seg in self._pages.segments(start, end):
-            lo, hi = max(seg.start, start), min(seg.end, end)
-            zero_seq(
-                self._mf.map_internal(self._file_range(seg, lo, hi), AccessType.WRITE)
-            )
+        self._pages.zero(self._mf, start, end)

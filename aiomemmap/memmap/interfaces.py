@@ -36,6 +36,7 @@ from aiomemmap._core.pages import ADDR_LIMIT, PAGE_SIZE
 from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
 
 __all__ = [
+    "EvictableUser",
     "File",
     "InvalidateOpts",
     "MLockMode",
@@ -895,5 +896,45 @@ class File(Protocol):
 
         The only permitted use of the descriptor is to map pages of the file,
         within what the translations that name them allow.
+        """
+        ...
+
+
+class EvictableUser(Protocol):
+    """An owner of memory-file pages that can give some of them back on demand.
+
+    gVisor's ``EvictableMemoryUser``. A user registers ranges of its own
+    offsets (for a Mappable, its offsets) with the memory file's evictor
+    (:meth:`~aiomemmap.MemoryFile.mark_evictable`); when the page-cache
+    budget needs room, the evictor pops the least recently used range and
+    calls :meth:`evict` on its user. Registration is only a hint: the user
+    decides what of the range can go when asked.
+
+    Users are registry keys, so they must be hashable (the default identity
+    hash is what is meant).
+    """
+
+    async def evict(self, er: MappableRange) -> None:
+        """Give back what can go of the pages of ``er``: a range the evictor picked.
+
+        Args:
+            er: A range previously registered by this user; it may have
+                changed meanwhile (partly freed, truncated, dirty, in use),
+                and the user must tolerate that, evicting only what it can.
+
+        Postconditions:
+            The pages evicted are no longer reachable through this user; the
+            user accounts for them with the memory file's
+            ``begin_eviction`` / ``end_eviction`` and drops its references
+            once no mapping space can use them any more. Ranges (or parts)
+            it keeps are registered again if they stay evictable.
+
+        Locking:
+            Called holding no lock. It must not wait for a lock whose holder
+            may be waiting for the allocation that triggered the eviction
+            (taking a free one is fine).
+
+        Cancellation:
+            What was not evicted stays with the user.
         """
         ...

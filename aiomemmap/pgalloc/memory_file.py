@@ -25,21 +25,20 @@ that finding the lowest free extent that fits is logarithmic, not a scan.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import enum
-import errno
+import functools
 import mmap
 import os
 import threading
 import weakref
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Final, TypeAlias, cast, final
 
 from sortedcontainers import SortedList
 
+from aiomemmap._core import host
 from aiomemmap._core.access import AccessType
 from aiomemmap._core.blockseq import BlockSeq
 from aiomemmap._core.debug import is_debug
@@ -47,6 +46,7 @@ from aiomemmap._core.errors import (
     AccessDeniedError,
     AlignmentError,
     ClosedError,
+    InvariantError,
     OutOfMemoryError,
     RefCountError,
 )
@@ -59,6 +59,8 @@ from aiomemmap._core.pages import (
 )
 from aiomemmap._core.ranges import FileRange
 from aiomemmap._core.segments import Segment, SegmentMap, merge_equal
+from aiomemmap.memmap.interfaces import EvictableUser
+from aiomemmap.pgalloc.eviction import Evictor
 
 if TYPE_CHECKING:
     from aiomemmap.memmap.interfaces import File
@@ -94,60 +96,14 @@ the user address space (128 TiB on x86-64 with 4-level page tables); half of
 that is the ceiling, and ``max_size`` may not exceed it.
 """
 
+# The host calls this module makes per chunk and per freed run.
+_map_chunk = host.map_shared
+_punch_hole = host.punch_hole
+
 _MAX_CHUNK_SIZE: Final[int] = 1 << 40
 _MAX_NAME_BYTES: Final[int] = 249  # memfd_create's limit on a name.
 _ZERO_CHUNK: Final[int] = 1 << 20
 _ZEROS: Final[memoryview] = memoryview(bytes(_ZERO_CHUNK))
-_PROT_RW: Final[int] = mmap.PROT_READ | mmap.PROT_WRITE
-
-_FALLOC_FL_KEEP_SIZE: Final[int] = 0x01
-_FALLOC_FL_PUNCH_HOLE: Final[int] = 0x02
-
-_FallocateFn: TypeAlias = Callable[[int, int, int, int], int]
-
-
-def _find_fallocate(lib: object) -> _FallocateFn | None:
-    """Return the ``fallocate`` function of a loaded C library, or ``None``.
-
-    The 64-bit-offset variant is preferred where the library has both.
-    """
-    for symbol in ("fallocate64", "fallocate"):
-        fn = getattr(lib, symbol, None)
-        if fn is not None:
-            fn.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-            fn.restype = ctypes.c_int
-            return cast(_FallocateFn, fn)
-    return None
-
-
-_fallocate: _FallocateFn | None = _find_fallocate(ctypes.CDLL(None, use_errno=True))
-
-
-def _punch_hole(fd: int, offset: int, length: int) -> None:
-    """Give the pages of ``[offset, offset + length)`` of ``fd`` back to the host.
-
-    Uses ``fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)``: the file
-    keeps its size, the range reads as zero afterwards, through every mapping,
-    and no longer takes memory. (``os.posix_fallocate`` cannot punch holes,
-    hence the C call.)
-
-    Raises:
-        OSError: The host refused, or the C library has no ``fallocate``.
-    """
-    if _fallocate is None:
-        raise OSError(errno.ENOSYS, "the C library has no fallocate()")
-    if _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length):
-        err = ctypes.get_errno()
-        raise OSError(err, f"fallocate(PUNCH_HOLE) failed: {os.strerror(err)}")
-
-
-def _map_chunk(fd: int, offset: int, length: int) -> mmap.mmap:
-    """Map ``[offset, offset + length)`` of ``fd`` read/write and shared.
-
-    Raises:
-        OSError: The host refused the mapping.
-    """
-    return mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=_PROT_RW, offset=offset)
 
 
 class MemoryKind(enum.Enum):
@@ -332,38 +288,38 @@ class _FreeExtents:
         self._mask = 0
 
     def check_invariants(self) -> None:
-        """Raise ``AssertionError`` unless the invariants hold.
+        """Raise ``InvariantError`` unless the invariants hold.
 
         Complexity:
             O(n log n).
         """
         by_start, by_end = self._by_start, self._by_end
         if len(by_end) != len(by_start):
-            raise AssertionError("free extents: the two dicts differ in size")
+            raise InvariantError("free extents: the two dicts differ in size")
         prev_end = -1
         for start, end in sorted(by_start.items()):
             if not start < end or (start | end) & PAGE_MASK:
-                raise AssertionError(f"free extent [{start:#x}, {end:#x}) is bad")
+                raise InvariantError(f"free extent [{start:#x}, {end:#x}) is bad")
             if start <= prev_end:
-                raise AssertionError(
+                raise InvariantError(
                     f"free extent [{start:#x}, {end:#x}) touches or overlaps "
                     f"the one ending at {prev_end:#x}"
                 )
             if by_end.get(end) != start:
-                raise AssertionError(
+                raise InvariantError(
                     f"free extent [{start:#x}, {end:#x}) lacks its end"
                 )
             if start not in self._classes[_size_class(end - start)]:
-                raise AssertionError(f"free extent [{start:#x}, {end:#x}) not indexed")
+                raise InvariantError(f"free extent [{start:#x}, {end:#x}) not indexed")
             prev_end = end
         mask = 0
         for k, lst in enumerate(self._classes):
             if lst:
                 mask |= 1 << k
         if mask != self._mask:
-            raise AssertionError(f"free class mask {self._mask:#x} != {mask:#x}")
+            raise InvariantError(f"free class mask {self._mask:#x} != {mask:#x}")
         if sum(map(len, self._classes)) != len(by_start):
-            raise AssertionError("free extents: stale entries in the size classes")
+            raise InvariantError("free extents: stale entries in the size classes")
 
     def _insert(self, start: int, end: int) -> None:
         self._by_start[start] = end
@@ -515,7 +471,7 @@ class MemoryFile:
         self._limit = MAX_FILE_SIZE if max_size is None else max_size
         self._lock = threading.Lock()
         # Everything below is protected by self._lock.
-        self._fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        self._fd = host.memfd_create(name)
         # Closes the descriptor if the object is collected without close().
         self._fd_closer = weakref.finalize(self, os.close, self._fd)
         self._closed = False
@@ -526,11 +482,12 @@ class MemoryFile:
         self._free = _FreeExtents()
         self._bytes_by_kind: dict[MemoryKind, int] = dict.fromkeys(MemoryKind, 0)
         self._used_bytes = 0
-        self._evictions = 0
-        # The cache budget's bookkeeping (see "Cache budget" above).
-        self._cache_reserved = 0
-        self._cache_evicting = 0
-        self._evictable: OrderedDict[tuple[object, int], int] = OrderedDict()
+        # The cache budget (see "Cache budget" above), under self._lock.
+        self._evictor = Evictor(
+            self._lock,
+            cache_limit,
+            functools.partial(self._bytes_by_kind.__getitem__, MemoryKind.PAGE_CACHE),
+        )
 
     # ------------------------------------------------------------------
     # Properties and lifetime
@@ -615,7 +572,7 @@ class MemoryFile:
             self._fd = -1
             self._used.remove_all()
             self._free.clear()
-            self._evictable.clear()
+            self._evictor.clear_locked()
 
     def __enter__(self) -> MemoryFile:
         with self._lock:
@@ -917,16 +874,17 @@ class MemoryFile:
         return BlockSeq._trusted(tuple(blocks), end - start)
 
     # ------------------------------------------------------------------
-    # Cache budget (the books only; see the class docstring)
+    # Cache budget (kept by the evictor; see the class docstring)
+
+    @property
+    def evictor(self) -> Evictor:
+        """The cache budget and the registry of evictable ranges of this file."""
+        return self._evictor
 
     def try_reserve_cache(self, length: int) -> bool:
         """Reserve room for ``length`` bytes of page cache if the budget allows.
 
-        Granted when there is no ``cache_limit``, or when the page-cache
-        bytes, minus those being evicted, plus every reservation outstanding,
-        plus ``length`` fit in it. A granted reservation must be released
-        with :meth:`release_cache_reservation` once the pages are allocated
-        (or not needed).
+        See :meth:`Evictor.try_reserve`.
 
         Raises:
             ValueError: ``length`` is negative.
@@ -934,21 +892,7 @@ class MemoryFile:
         Locking:
             Takes the file's lock briefly.
         """
-        if length < 0:
-            raise ValueError(f"try_reserve_cache: length must be >= 0, got {length}")
-        with self._lock:
-            limit = self._cache_limit
-            if limit is not None:
-                want = (
-                    self._bytes_by_kind[MemoryKind.PAGE_CACHE]
-                    - self._cache_evicting
-                    + self._cache_reserved
-                    + length
-                )
-                if want > limit:
-                    return False
-            self._cache_reserved += length
-            return True
+        return self._evictor.try_reserve(length)
 
     def force_reserve_cache(self, length: int) -> None:
         """Reserve room for ``length`` bytes even past the budget.
@@ -959,10 +903,7 @@ class MemoryFile:
         Locking:
             Takes the file's lock briefly.
         """
-        if length < 0:
-            raise ValueError(f"force_reserve_cache: length must be >= 0, got {length}")
-        with self._lock:
-            self._cache_reserved += length
+        self._evictor.force_reserve(length)
 
     def release_cache_reservation(self, length: int) -> None:
         """Give back a reservation made by :meth:`try_reserve_cache`.
@@ -973,13 +914,7 @@ class MemoryFile:
         Locking:
             Takes the file's lock briefly.
         """
-        with self._lock:
-            if not 0 <= length <= self._cache_reserved:
-                raise ValueError(
-                    f"release_cache_reservation: {length} bytes, but "
-                    f"{self._cache_reserved} are reserved"
-                )
-            self._cache_reserved -= length
+        self._evictor.release(length)
 
     def cache_over_budget(self) -> int:
         """Return how many bytes the page cache would have to shed to fit.
@@ -990,16 +925,7 @@ class MemoryFile:
         Locking:
             Takes the file's lock briefly.
         """
-        with self._lock:
-            limit = self._cache_limit
-            if limit is None:
-                return 0
-            used = (
-                self._bytes_by_kind[MemoryKind.PAGE_CACHE]
-                - self._cache_evicting
-                + self._cache_reserved
-            )
-            return max(0, used - limit)
+        return self._evictor.over_budget()
 
     def begin_eviction(self, length: int) -> None:
         """Record that a cache revoked ``length`` bytes of its pages to evict them.
@@ -1011,11 +937,7 @@ class MemoryFile:
         Locking:
             Takes the file's lock briefly.
         """
-        if length < 0 or length & PAGE_MASK:
-            raise ValueError(f"begin_eviction: bad length {length}")
-        with self._lock:
-            self._cache_evicting += length
-            self._evictions += length >> PAGE_SHIFT
+        self._evictor.begin_eviction(length)
 
     def end_eviction(self, length: int) -> None:
         """Record that ``length`` bytes revoked by :meth:`begin_eviction` are freed.
@@ -1023,15 +945,9 @@ class MemoryFile:
         Locking:
             Takes the file's lock briefly.
         """
-        with self._lock:
-            if not 0 <= length <= self._cache_evicting:
-                raise ValueError(
-                    f"end_eviction: {length} bytes, but {self._cache_evicting} "
-                    "are being evicted"
-                )
-            self._cache_evicting -= length
+        self._evictor.end_eviction(length)
 
-    def mark_evictable(self, user: object, start: int, end: int) -> None:
+    def mark_evictable(self, user: EvictableUser, start: int, end: int) -> None:
         """Register ``[start, end)`` of ``user`` as evictable, most recently used.
 
         Registering an existing ``(user, start)`` again replaces its end and
@@ -1040,14 +956,9 @@ class MemoryFile:
         Locking:
             Takes the file's lock briefly.
         """
-        if not 0 <= start < end:
-            raise ValueError(f"mark_evictable: bad range [{start:#x}, {end:#x})")
-        with self._lock:
-            key = (user, start)
-            self._evictable[key] = end
-            self._evictable.move_to_end(key)
+        self._evictor.mark_evictable(user, start, end)
 
-    def touch_evictable(self, user: object, start: int) -> None:
+    def touch_evictable(self, user: EvictableUser, start: int) -> None:
         """Make the range of ``user`` starting at ``start`` the most recently used.
 
         Does nothing if no such range is registered.
@@ -1055,30 +966,25 @@ class MemoryFile:
         Locking:
             Takes the file's lock briefly.
         """
-        with self._lock, contextlib.suppress(KeyError):
-            self._evictable.move_to_end((user, start))
+        self._evictor.touch(user, start)
 
-    def mark_unevictable(self, user: object, start: int) -> None:
+    def mark_unevictable(self, user: EvictableUser, start: int) -> None:
         """Forget the range of ``user`` starting at ``start``, if registered.
 
         Locking:
             Takes the file's lock briefly.
         """
-        with self._lock:
-            self._evictable.pop((user, start), None)
+        self._evictor.mark_unevictable(user, start)
 
-    def forget_evictable(self, user: object, starts: Iterable[int]) -> None:
+    def forget_evictable(self, user: EvictableUser, starts: Iterable[int]) -> None:
         """Forget the ranges of ``user`` that start at ``starts``.
 
         Locking:
             Takes the file's lock once.
         """
-        with self._lock:
-            pop = self._evictable.pop
-            for start in starts:
-                pop((user, start), None)
+        self._evictor.forget(user, starts)
 
-    def pop_evictable(self) -> tuple[object, int, int] | None:
+    def pop_evictable(self) -> tuple[EvictableUser, int, int] | None:
         """Remove and return the least recently used range: ``(user, start, end)``.
 
         ``None`` when nothing is registered.
@@ -1086,16 +992,11 @@ class MemoryFile:
         Locking:
             Takes the file's lock briefly.
         """
-        with self._lock:
-            if not self._evictable:
-                return None
-            (user, start), end = self._evictable.popitem(last=False)
-            return user, start, end
+        return self._evictor.pop()
 
     def evictable_count(self) -> int:
         """Return how many evictable ranges are registered."""
-        with self._lock:
-            return len(self._evictable)
+        return self._evictor.evictable_count()
 
     # ------------------------------------------------------------------
     # Statistics and checks
@@ -1118,17 +1019,17 @@ class MemoryFile:
                 used_bytes=self._used_bytes,
                 committed_bytes=st.st_blocks * 512,
                 bytes_by_kind=self._bytes_by_kind,
-                evictions=self._evictions,
+                evictions=self._evictor.evictions,
             )
 
     def check_invariants(self) -> None:
-        """Check every invariant of the class; raise ``AssertionError`` if one fails.
+        """Check every invariant of the class; raise ``InvariantError`` if one fails.
 
         Runs after each mutation while debug checks are on
         (:func:`aiomemmap._core.debug.is_debug`).
 
         Raises:
-            AssertionError: An invariant does not hold.
+            InvariantError: An invariant does not hold.
             ClosedError: The file is closed.
 
         Locking:
@@ -1234,7 +1135,7 @@ class MemoryFile:
         new_size = min(-(-needed // chunk) * chunk, self._limit)
         new_maps: list[mmap.mmap] = []
         try:
-            os.ftruncate(self._fd, new_size)
+            host.resize(self._fd, new_size)
             for offset in range(len(self._maps) * chunk, new_size, chunk):
                 m = _map_chunk(self._fd, offset, min(chunk, new_size - offset))
                 new_maps.append(m)
@@ -1243,7 +1144,7 @@ class MemoryFile:
                 m.close()
             # Shrinking back cannot lose data: the new tail was never used.
             with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, old_size)
+                host.resize(self._fd, old_size)
             raise OutOfMemoryError(
                 f"allocate: could not grow the file from {old_size:#x} to "
                 f"{new_size:#x} bytes for {length:#x} bytes of {kind.name} "
@@ -1340,38 +1241,39 @@ class MemoryFile:
         size = self._file_size
         chunk = self._chunk_size
         if size & PAGE_MASK or size > self._limit:
-            raise AssertionError(f"file size {size:#x} is unaligned or over the limit")
+            raise InvariantError(f"file size {size:#x} is unaligned or over the limit")
         if os.fstat(self._fd).st_size != size:
-            raise AssertionError(f"the memfd's size differs from {size:#x}")
+            raise InvariantError(f"the memfd's size differs from {size:#x}")
         if len(self._maps) != -(-size // chunk) or len(self._views) != len(self._maps):
-            raise AssertionError(
+            raise InvariantError(
                 f"{len(self._maps)} chunk mappings for {size:#x} bytes"
             )
         for i, view in enumerate(self._views):
             if len(view) != min(chunk, size - i * chunk):
-                raise AssertionError(f"chunk {i} maps {len(view):#x} bytes")
+                raise InvariantError(f"chunk {i} maps {len(view):#x} bytes")
         by_kind = dict.fromkeys(MemoryKind, 0)
         prev: Segment[_Usage] | None = None
         for seg in used:
             start, end, value = seg
             refs, kind = value
             if (start | end) & PAGE_MASK or end > size:
-                raise AssertionError(f"used run [{start:#x}, {end:#x}) is bad")
+                raise InvariantError(f"used run [{start:#x}, {end:#x}) is bad")
             if type(refs) is not int or refs < 1 or type(kind) is not MemoryKind:
-                raise AssertionError(f"used run [{start:#x}, {end:#x}) has {value!r}")
+                raise InvariantError(f"used run [{start:#x}, {end:#x}) has {value!r}")
             if prev is not None and prev.end == start and prev.value == value:
-                raise AssertionError(f"used runs not merged at {start:#x}")
+                raise InvariantError(f"used runs not merged at {start:#x}")
             by_kind[kind] += end - start
             prev = seg
         if by_kind != self._bytes_by_kind:
-            raise AssertionError(f"bytes by kind {self._bytes_by_kind} != {by_kind}")
+            raise InvariantError(f"bytes by kind {self._bytes_by_kind} != {by_kind}")
         if sum(by_kind.values()) != self._used_bytes:
-            raise AssertionError(f"used bytes {self._used_bytes:#x} is wrong")
+            raise InvariantError(f"used bytes {self._used_bytes:#x} is wrong")
         free = self._free
         free.check_invariants()
         gaps = [(g.start, min(g.end, size)) for g in used.gaps(0, size)] if size else []
         if gaps != free.extents():
-            raise AssertionError("the free extents are not the gaps between used runs")
+            raise InvariantError("the free extents are not the gaps between used runs")
+        self._evictor.check_invariants_locked()
 
 
 def _check_page_range(what: str, fr: object) -> tuple[int, int]:
