@@ -165,7 +165,7 @@ async def copy_in(  # noqa: D417
         addr, end = _check_io(self, "copy_in", addr, length)
         if addr == end:
             return b""
-    view = self._pmas.resident_view(addr, end, _READ, ignore_permissions)
+    view = _resident_view(self, addr, end, _READ, ignore_permissions)
     if view is not None:
         return bytes(view)
     out = bytearray()
@@ -220,7 +220,7 @@ async def copy_out(  # noqa: D417
     addr, end = _check_io(self, "copy_out", addr, len(src))
     if addr == end:
         return 0
-    view = self._pmas.resident_view(addr, end, _WRITE, ignore_permissions)
+    view = _resident_view(self, addr, end, _WRITE, ignore_permissions)
     if view is not None:
         view[:] = src
         return end - addr
@@ -248,7 +248,7 @@ async def zero_out(
     addr, end = _check_io(self, "zero_out", addr, length)
     if addr == end:
         return 0
-    view = self._pmas.resident_view(addr, end, _WRITE, ignore_permissions)
+    view = _resident_view(self, addr, end, _WRITE, ignore_permissions)
     if view is not None:
         _zero(view)
         return end - addr
@@ -259,6 +259,27 @@ async def zero_out(
 
     await _io(self, addr, end, _WRITE, ignore_permissions, zero, "zero_out")
     return end - addr
+
+
+def _resident_view(
+    self: AddressSpace, addr: int, end: int, at: AccessType, ignore_permissions: bool
+) -> memoryview | None:
+    """Return ``[addr, end)`` as a memoryview if the resident fast path allows ``at``.
+
+    Returns ``None`` when :meth:`~aiomemmap.mm.pma.PmaCache.resident` finds
+    no usable pma, or its pages are not in one block.
+    """
+    pmas = self._pmas
+    seg = pmas.resident(addr, end, at, ignore_permissions)
+    if seg is None:
+        return None
+    view = seg.value.view
+    if view is None:
+        view = pmas.view(seg)
+        if view is None:
+            return None
+    off = addr - seg.start
+    return view[off : off + (end - addr)]
 
 
 def _zero(b: memoryview) -> None:

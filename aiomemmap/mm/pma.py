@@ -284,7 +284,8 @@ class PmaCache:
 
         This is the one fast path of faults and copies: with no task holding
         the active lock for writing the pmas are consistent, so a caller
-        that uses the result without awaiting needs no lock at all.
+        that uses the result without awaiting needs no lock at all. Copies
+        then read or write the pma's :meth:`view`.
 
         Args:
             addr: The first address.
@@ -306,25 +307,21 @@ class PmaCache:
         if seg is None or seg.end < end:
             return None
         pma = seg.value
-        if (pma.max_perms if ignore_permissions else pma.effective_perms).superset_of(
-            at
+        perms = pma.max_perms if ignore_permissions else pma.effective_perms
+        # AccessType.superset_of, spelled out: this runs on every access.
+        if (
+            (at.read and not perms.read)
+            or (at.write and not perms.write)
+            or (at.execute and not perms.execute)
         ):
-            return seg
-        return None
-
-    def resident_view(
-        self, addr: int, end: int, at: AccessType, ignore_permissions: bool
-    ) -> memoryview | None:
-        """Return ``[addr, end)`` as a memoryview, if :meth:`resident` allows.
-
-        Returns ``None`` also when the pma's pages are not in one block.
-
-        Locking:
-            As :meth:`resident`.
-        """
-        seg = self.resident(addr, end, at, ignore_permissions)
-        if seg is None:
             return None
+        return seg
+
+    def view(self, seg: Segment[Pma]) -> memoryview | None:
+        """Return the pma's pages as one memoryview (cached in ``Pma.view``).
+
+        Returns ``None`` when the pages are not in one block.
+        """
         pma = seg.value
         view = pma.view
         if view is None:
@@ -332,8 +329,7 @@ class PmaCache:
             if len(blocks) != 1:
                 return None
             view = pma.view = blocks[0]
-        off = addr - seg.start
-        return view[off : off + (end - addr)]
+        return view
 
     def blocks(self, seg: Segment[Pma]) -> BlockSeq:
         """Return (and cache) the pma's pages mapped into this process."""
