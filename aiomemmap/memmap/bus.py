@@ -183,6 +183,7 @@ class InvalidationBus:
     """
 
     __slots__ = (
+        "__weakref__",
         "_deliveries",
         "_failures",
         "_loop_ref",
