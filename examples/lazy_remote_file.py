@@ -5,7 +5,8 @@ request (or pass any URL fsspec understands: ``python
 examples/lazy_remote_file.py s3://bucket/key``). The file is mapped into an
 address space through a :class:`~aiomemmap.CachedFile`; scattered reads of a
 few hundred bytes each, done by concurrent tasks, fault in only the pages
-they touch.
+they touch. The server is the package's HTTP test server,
+``aiomemmap.tools.http_server.RangeHTTPServer``.
 
 Run it with ``python examples/lazy_remote_file.py [URL]``.
 """
