@@ -101,8 +101,8 @@ class AddressSpace:
             it when closed.
         bus: The invalidation bus the space belongs to: the shared memory it
             makes for shared anonymous mappings publishes on it, and its
-            forks belong to it too. ``None`` means the process-wide default
-            bus.
+            forks belong to it too. ``None`` means the default bus (of the
+            event loop running at each use).
 
     Raises:
         TypeError: An argument has the wrong type.
@@ -193,7 +193,8 @@ class AddressSpace:
         self._mf = memory_file
         self._layout = layout if layout is not None else Layout()
         self._limits = limits if limits is not None else Limits()
-        self._bus = bus if bus is not None else default_bus()
+        # None: the default bus of the loop running at each use.
+        self._bus = bus
         self._mapping_lock = OrderedRWLock(LockRank.MAPPING, "AddressSpace.mapping")
         self._vmas = VmaMap(self._layout, self._limits)
         self._pmas = PmaCache(
@@ -239,8 +240,17 @@ class AddressSpace:
 
     @property
     def bus(self) -> InvalidationBus:
-        """The invalidation bus the space belongs to."""
-        return self._bus
+        """The invalidation bus the space belongs to.
+
+        For a space created without a bus, the default bus of the running
+        event loop.
+
+        Raises:
+            RuntimeError: The space was created without a bus and no event
+                loop is running in the calling thread.
+        """
+        bus = self._bus
+        return bus if bus is not None else default_bus()
 
     @property
     def closed(self) -> bool:
