@@ -9,12 +9,21 @@ their next write-back.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import errno
+from collections.abc import Awaitable, Callable, Iterator
 from typing import final
 
+from aiomemmap._core.access import AccessType
+from aiomemmap._core.pages import page_round_down, page_round_up
+from aiomemmap._core.ranges import FileRange
 from aiomemmap._core.segments import Segment, SegmentMap, merge_equal
+from aiomemmap.fsutil.file_range_set import FileRangeSet
+from aiomemmap.pgalloc.memory_file import MemoryFile
 
-__all__ = ["DirtySet"]
+__all__ = ["DirtySet", "WriteAt", "sync_dirty"]
+
+WriteAt = Callable[[int, memoryview], Awaitable[int]]
+"""``write_at(offset, data)``: write ``data`` at ``offset``; return the count."""
 
 
 def _keep(seg: Segment[bool]) -> bool:
@@ -99,3 +108,70 @@ class DirtySet:
     def check_invariants(self) -> None:
         """Check the segment map; raise on a broken invariant."""
         self._map.check_invariants()
+
+
+async def sync_dirty(
+    start: int,
+    end: int,
+    cache: FileRangeSet,
+    dirty: DirtySet,
+    size: int,
+    mf: MemoryFile,
+    write_at: WriteAt,
+) -> bool:
+    """Write the dirty offsets of ``[start, end)`` back; gVisor's ``SyncDirty``.
+
+    Each dirty range is written from the cache (bytes at or past ``size``
+    are not written) and then marked clean (offsets kept dirty stay dirty).
+
+    Args:
+        start: First offset to write back.
+        end: End of the offsets to write back.
+        cache: Where the dirty offsets' bytes are.
+        dirty: The dirty set; every dirty offset must be cached.
+        size: The file size.
+        mf: The memory file holding the cache's pages.
+        write_at: Writes bytes to the backing.
+
+    Returns:
+        Whether anything was dirty in the range (and so written).
+
+    Raises:
+        OSError: A write failed or was short; the range it was in and those
+            after it stay dirty.
+
+    Locking:
+        The caller keeps the cache and the dirty set from changing meanwhile
+        (other than by new dirtying). A page being written is also held by
+        an extra reference while its bytes are in use.
+    """
+    wrote = False
+    for dseg in list(dirty.segments(start, end)):
+        lo, hi = max(dseg.start, start), min(dseg.end, end)
+        for cseg in list(cache.segments(lo, hi)):
+            a = max(cseg.start, lo)
+            b = min(cseg.end, hi, size)
+            if a >= b:
+                continue
+            pages = FileRange(
+                cseg.value + (page_round_down(a) - cseg.start),
+                cseg.value + (page_round_up(b) - cseg.start),
+            )
+            mf.inc_ref(pages)
+            try:
+                pos = a
+                for block in mf.map_internal(
+                    cache.file_range(cseg, a, b), AccessType.READ
+                ):
+                    n = await write_at(pos, block)
+                    if n != len(block):
+                        raise OSError(
+                            errno.EIO,
+                            f"backing wrote {n} of {len(block)} bytes at {pos:#x}",
+                        )
+                    pos += n
+            finally:
+                mf.dec_ref(pages)
+        dirty.mark_clean(lo, hi)
+        wrote = True
+    return wrote

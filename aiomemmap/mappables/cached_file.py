@@ -41,7 +41,6 @@ from types import TracebackType
 from typing import Any, Final, final
 
 from aiomemmap._core.access import AccessType
-from aiomemmap._core.blockseq import BlockSeq, zero_seq
 from aiomemmap._core.cancel import finish_shielded
 from aiomemmap._core.debug import is_debug
 from aiomemmap._core.errors import (
@@ -63,10 +62,11 @@ from aiomemmap._core.pages import (
     page_round_up,
 )
 from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
-from aiomemmap._core.segments import SegmentMap
-from aiomemmap.backings.base import Backing, RetryPolicy, call_with_retry, read_fully
-from aiomemmap.fsutil.dirty_set import DirtySet
+from aiomemmap.backings.base import Backing, RetryPolicy, call_with_retry
+from aiomemmap.fsutil.dirty_set import DirtySet, sync_dirty
 from aiomemmap.fsutil.file_range_set import FileRangeSet, release
+from aiomemmap.mappables.cache_units import CacheUnits
+from aiomemmap.mappables.fetcher import Fetcher
 from aiomemmap.mappables.readahead import (
     AdaptiveReadahead,
     ReadaheadHint,
@@ -81,7 +81,7 @@ from aiomemmap.memmap.interfaces import (
     check_translate_result,
 )
 from aiomemmap.memmap.mapping_set import MappingSet
-from aiomemmap.pgalloc.memory_file import MemoryFile, MemoryKind
+from aiomemmap.pgalloc.memory_file import MemoryFile
 
 __all__ = [
     "DEFAULT_MAX_FETCHES_IN_FLIGHT",
@@ -150,66 +150,6 @@ def _consume(task: asyncio.Task[Any]) -> None:
     """Mark a task's outcome as seen, so that asyncio does not log it."""
     if not task.cancelled():
         task.exception()
-
-
-def _subtract(
-    start: int, end: int, holes: list[tuple[int, int]]
-) -> list[tuple[int, int]]:
-    """Return the parts of ``[start, end)`` outside every range of ``holes``."""
-    out: list[tuple[int, int]] = []
-    pos = start
-    for a, b in sorted(holes):
-        if b <= pos or a >= end:
-            continue
-        if a > pos:
-            out.append((pos, a))
-        pos = max(pos, b)
-        if pos >= end:
-            break
-    if pos < end:
-        out.append((pos, end))
-    return out
-
-
-@final
-class _Fetch:
-    """One fetch: pages ``[start, end)`` being read from the backing.
-
-    Attributes:
-        start: First offset fetched.
-        end: End of the offsets fetched (page-aligned).
-        valid_end: The file size when the fetch was created: bytes at or past
-            it are zero, not read.
-        generation: The file's generation when the fetch was created; a fetch
-            whose generation is outdated when it lands is discarded.
-        done: Set when the fetch has finished, whatever the outcome.
-        error: Why the fetch failed, or ``None``.
-        stale: The fetch finished but its pages were discarded (the file was
-            truncated or dropped meanwhile); waiters look again.
-
-    Concurrency:
-        Task-compatible: changed by the fetch task and the owning file, never
-        across an await.
-    """
-
-    __slots__ = ("done", "end", "error", "generation", "stale", "start", "valid_end")
-
-    def __init__(self, start: int, end: int, valid_end: int, generation: int) -> None:
-        self.start = start
-        self.end = end
-        self.valid_end = valid_end
-        self.generation = generation
-        self.done = asyncio.Event()
-        self.error: BaseException | None = None
-        self.stale = False
-
-
-def _round_up_size(size: int) -> int:
-    """``page_round_up(size)`` for a file size, with a fast path."""
-    rounded = (size + PAGE_MASK) & ~PAGE_MASK
-    if rounded >= ADDR_LIMIT or size < 0:
-        return page_round_up(size)  # Raises.
-    return rounded
 
 
 def _check_offset(what: str, name: str, value: object) -> int:
@@ -352,39 +292,29 @@ class CachedFile:
         "__weakref__",
         "_backing",
         "_budget",
-        "_bytes_fetched",
         "_cache",
         "_closed",
         "_dirty",
         "_evict_tasks",
         "_evictions",
-        "_fetch_tasks",
-        "_fetches",
-        "_fetches_done",
-        "_generation",
+        "_fetcher",
         "_hits",
         "_inode",
         "_lock",
         "_mappings",
-        "_max_fetch",
         "_mf",
         "_misses",
         "_name",
-        "_pin_tokens",
-        "_pins",
         "_policy",
         "_ra",
         "_refs",
         "_retry",
         "_size",
         "_size_task",
-        "_slots",
         "_units",
         "_version",
         "_whole",
         "_writable",
-        "_write_through",
-        "_write_tokens",
     )
 
     def __init__(
@@ -468,35 +398,35 @@ class CachedFile:
         self._writable = writable
         self._name = name
         self._retry = retry
-        self._max_fetch = int(max_fetch_bytes)
-        self._slots = asyncio.Semaphore(int(max_fetches_in_flight))
         self._lock = OrderedLock(LockRank.MAPPABLE, "CachedFile.lock")
         # Protected by self._lock.
         self._mappings = MappingSet(bus=bus)
         # The cache state below changes only between awaits (see Concurrency).
         self._cache = FileRangeSet()
         self._dirty = DirtySet()
-        self._fetches: SegmentMap[_Fetch] = SegmentMap()
-        self._fetch_tasks: set[asyncio.Task[None]] = set()
         self._size: int | None = None
         self._version: str | None = None
         self._size_task: asyncio.Task[None] | None = None
-        self._generation = 0
-        # Writes going straight to the backing: token -> (start, end, done).
-        self._write_through: dict[int, tuple[int, int, asyncio.Event]] = {}
-        self._write_tokens = itertools.count()
         self._refs = 1
         self._closed = False
         self._inode = next(_inode_ids)
         self._hits = 0
         self._misses = 0
-        self._fetches_done = 0
-        self._bytes_fetched = 0
-        # The cache budget (see Concurrency); all unused without a limit.
+        # The cache budget (see Concurrency); no units without a limit.
         self._budget = memory_file.cache_limit is not None
-        self._units: SegmentMap[None] = SegmentMap()
-        self._pins: dict[int, tuple[int, int]] = {}
-        self._pin_tokens = itertools.count()
+        self._units = CacheUnits(self, memory_file) if self._budget else None
+        self._fetcher = Fetcher(
+            self,
+            backing,
+            memory_file,
+            self._cache,
+            size=self._current_size,
+            retry=retry,
+            max_fetch_bytes=int(max_fetch_bytes),
+            max_fetches_in_flight=int(max_fetches_in_flight),
+            budget=self._budget,
+            on_land=self._landed,
+        )
         self._evictions = 0
         self._evict_tasks: set[asyncio.Task[None]] = set()
         # (size, MappableRange(0, page-rounded size)) as read() last built it.
@@ -588,9 +518,9 @@ class CachedFile:
         return CacheStatistics(
             hits=self._hits,
             misses=self._misses,
-            fetches=self._fetches_done,
-            bytes_fetched=self._bytes_fetched,
-            fetches_in_flight=len(self._fetch_tasks),
+            fetches=self._fetcher.fetches_done,
+            bytes_fetched=self._fetcher.bytes_fetched,
+            fetches_in_flight=self._fetcher.in_flight(),
             resident_bytes=self._cache.span(),
             dirty_bytes=self._dirty.span(),
             evictions=self._evictions,
@@ -608,25 +538,12 @@ class CachedFile:
         """
         self._cache.check_invariants()
         self._dirty.check_invariants()
-        self._fetches.check_invariants()
-        for seg in self._fetches:
-            if not self._cache.is_empty_range(seg.start, seg.end):
-                raise InvariantError(
-                    f"offsets [{seg.start:#x}, {seg.end:#x}) are cached and fetched"
-                )
+        self._fetcher.check_invariants()
         for dseg in self._dirty:
             hole = self._cache.first_hole(dseg.start, dseg.end)
             check_invariant(hole is None, f"dirty offsets {hole} are not cached")
-        if self._budget:
-            self._units.check_invariants()
-            if self._units.span() != self._cache.span():
-                raise InvariantError(
-                    f"units span {self._units.span():#x}, "
-                    f"the cache {self._cache.span():#x}"
-                )
-            for useg in self._units:
-                hole = self._cache.first_hole(useg.start, useg.end)
-                check_invariant(hole is None, f"unit offsets {hole} are not cached")
+        if self._units is not None:
+            self._units.check_invariants(self._cache)
 
     # ------------------------------------------------------------------
     # Lifetime
@@ -677,16 +594,16 @@ class CachedFile:
                 except Exception as exc:
                     error = exc
             self._closed = True
+            self._fetcher.close()
             await finish_shielded(self._shutdown())
         if error is not None:
             raise error
 
     async def _shutdown(self) -> None:
-        tasks = list(self._fetch_tasks)
+        tasks = self._fetcher.cancel_all()
         if self._size_task is not None:
+            self._size_task.cancel()
             tasks.append(self._size_task)
-        for task in tasks:
-            task.cancel()
         if tasks:
             await asyncio.wait(tasks)
         if self._evict_tasks:
@@ -740,7 +657,7 @@ class CachedFile:
             await asyncio.shield(task)
 
     async def _learn_size(self) -> None:
-        generation = self._generation
+        generation = self._fetcher.generation
         try:
             # The version first: a change after it is then seen as a change.
             backing, retry = self._backing, self._retry
@@ -750,7 +667,7 @@ class CachedFile:
             self._size_task = None
         if not is_int(size) or size < 0:
             raise ValueError(f"backing {self._backing!r} reported a bad size {size!r}")
-        if self._size is None and generation == self._generation:
+        if self._size is None and generation == self._fetcher.generation:
             self._size = int(size)
             self._version = version
 
@@ -763,120 +680,15 @@ class CachedFile:
             raise BusError(exc) from exc
 
     # ------------------------------------------------------------------
-    # The fetch engine
+    # Filling the cache (the fetcher does the fetching)
 
-    def _start_fetches(self, start: int, end: int) -> None:
-        """Start fetches for the pages of ``[start, end)`` not cached or in flight.
+    def _current_size(self) -> int | None:
+        return self._size
 
-        Neighbouring missing pages go into one fetch, up to ``max_fetch_bytes``.
-        Does not await.
-        """
-        cache, fetches = self._cache, self._fetches
-        holes: list[tuple[int, int]]
-        if cache.is_empty_range(start, end) and fetches.is_empty_range(start, end):
-            # The common case of a cold access: one hole, the whole range.
-            holes = [(start, end)] if start < end else []
-        else:
-            holes = []
-            for gap in cache.gaps(start, end):
-                lo, hi = max(gap.start, start), min(gap.end, end)
-                holes.extend(
-                    (max(h.start, lo), min(h.end, hi)) for h in fetches.gaps(lo, hi)
-                )
-        for lo, hi in holes:
-            while lo < hi:
-                step = min(hi, lo + self._max_fetch)
-                self._spawn_fetch(lo, step)
-                lo = step
-
-    def _spawn_fetch(self, start: int, end: int) -> None:
-        assert self._size is not None
-        fetch = _Fetch(start, end, self._size, self._generation)
-        self._fetches.insert_without_merging(start, end, fetch)
-        task = asyncio.get_running_loop().create_task(
-            self._run_fetch(fetch),
-            name=f"CachedFile fetch [{start:#x}, {end:#x})",
-            context=detached_context(),
-        )
-        self._fetch_tasks.add(task)
-        task.add_done_callback(self._fetch_tasks.discard)
-
-    async def _run_fetch(self, fetch: _Fetch) -> None:
-        """Read one fetch's pages and insert them; the body of a fetch task."""
-        fr: FileRange | None = None
-        try:
-            # Offsets being written straight to the backing are read after
-            # the write.
-            while self._write_through:
-                pending = [
-                    done
-                    for s, e, done in self._write_through.values()
-                    if s < fetch.end and fetch.start < e
-                ]
-                if not pending:
-                    break
-                await pending[0].wait()
-            async with self._slots:
-                if fetch.generation == self._generation:
-                    fr = await self._read_pages(fetch)
-            # The bytes have landed; publish them unless they are outdated.
-            if fr is not None and fetch.generation == self._generation:
-                self._cache.insert(fetch.start, fetch.end, fr.start)
-                fr = None
-                if self._budget:
-                    self._units.insert(fetch.start, fetch.end, None)
-                    self._mf.mark_evictable(self, fetch.start, fetch.end)
-            else:
-                fetch.stale = True
-        except asyncio.CancelledError:
-            fetch.error = ClosedError(f"{self!r} was closed during a fetch")
-            raise
-        except Exception as exc:
-            fetch.error = exc
-        finally:
-            if fr is not None and not self._mf.closed:
-                self._mf.dec_ref(fr)
-            seg = self._fetches.find(fetch.start)
-            if seg is not None and seg.value is fetch:
-                self._fetches.delete(seg)
-            fetch.done.set()
-
-    async def _read_pages(self, fetch: _Fetch) -> FileRange:
-        """Allocate pages for ``fetch`` and read its bytes into them.
-
-        Raises:
-            Exception: Allocation or the read failed; nothing is held.
-        """
-        length = fetch.end - fetch.start
-        if self._budget:
-            await self._mf.evictor.reserve(length)
-            try:
-                fr = self._mf.allocate(length, kind=MemoryKind.PAGE_CACHE)
-            finally:
-                self._mf.release_cache_reservation(length)
-        else:
-            fr = self._mf.allocate(length, kind=MemoryKind.PAGE_CACHE)
-        try:
-            valid = max(0, min(fetch.end, fetch.valid_end) - fetch.start)
-            if valid:
-                self._fetches_done += 1
-                blocks = self._mf.map_internal(
-                    FileRange(fr.start, fr.start + valid), AccessType.READ_WRITE
-                )
-                pos = fetch.start
-                for block in blocks:
-                    n = await read_fully(self._backing, pos, block, retry=self._retry)
-                    self._bytes_fetched += n
-                    if n < len(block):
-                        # Short only at the end of the file: the rest is zero.
-                        zero_seq(BlockSeq([block[n:]]))
-                        break
-                    pos += n
-        except BaseException:
-            if not self._mf.closed:
-                self._mf.dec_ref(fr)
-            raise
-        return fr
+    def _landed(self, start: int, end: int) -> None:
+        """Register pages a fetch has just inserted into the cache."""
+        if self._units is not None:
+            self._units.land(start, end)
 
     async def _populate(
         self, start: int, end: int, wstart: int, wend: int, *, clip: bool
@@ -904,51 +716,11 @@ class CachedFile:
         evict those pages, so that a large access cannot have its first
         pages evicted while it waits for the last ones.
         """
-        if not self._budget:
-            await self._populate_unpinned(start, end, wstart, wend, clip=clip)
+        if self._units is None:
+            await self._fetcher.fill(start, end, wstart, wend, clip=clip)
             return
-        token = next(self._pin_tokens)
-        self._pins[token] = (start, end)
-        try:
-            await self._populate_unpinned(start, end, wstart, wend, clip=clip)
-        finally:
-            del self._pins[token]
-
-    async def _populate_unpinned(
-        self, start: int, end: int, wstart: int, wend: int, *, clip: bool
-    ) -> None:
-        """:meth:`_populate` without the pin."""
-        self._check_open("fetch")
-        self._start_fetches(wstart, wend)
-        while True:
-            if self._closed:
-                self._check_open("fetch")
-            if clip:
-                assert self._size is not None
-                end = min(end, _round_up_size(self._size))
-                if end <= start:
-                    raise BusError(EOFError(f"offset {start:#x} is past end of file"))
-            cache = self._cache
-            cseg = cache.find(start)
-            if cseg is None:
-                hole_start = start
-            elif cseg.end >= end:
-                return
-            else:
-                hole = cache.first_hole(cseg.end, end)
-                if hole is None:
-                    return
-                hole_start = hole.start
-            seg = self._fetches.find(hole_start)
-            if seg is None:
-                # Discarded or failed before: fetch the required pages again.
-                self._start_fetches(hole_start, end)
-                seg = self._fetches.find(hole_start)
-                assert seg is not None
-            fetch = seg.value
-            await fetch.done.wait()
-            if fetch.error is not None:
-                raise BusError(fetch.error)
+        with self._units.pinned(start, end):
+            await self._fetcher.fill(start, end, wstart, wend, clip=clip)
 
     def _count(self, start: int, end: int) -> bool:
         """Count the hits and misses of ``[start, end)``; return whether all hit."""
@@ -976,35 +748,18 @@ class CachedFile:
 
     def _touch(self, start: int, end: int) -> None:
         """Make the units overlapping ``[start, end)`` the most recently used."""
-        if self._budget:
-            self._mf.evictor.touch_all(
-                self, [useg.start for useg in self._units.segments(start, end)]
-            )
+        if self._units is not None:
+            self._units.touch(start, end)
 
     def _forget_units(self) -> None:
         """Forget every unit (the whole cache was dropped)."""
-        units = self._units.remove_all()
-        if units and not self._mf.closed:
-            self._mf.forget_evictable(self, [u.start for u in units])
+        if self._units is not None:
+            self._units.forget_all()
 
     def _resync_units(self, start: int, end: int) -> None:
-        """Re-cut the units overlapping ``[start, end)`` after pages left the cache.
-
-        Each such unit is replaced by its parts that are still cached, which
-        are registered as the most recently used.
-        """
-        units = list(self._units.segments(start, end))
-        if not units:
-            return
-        mf = self._mf
-        mf.forget_evictable(self, [u.start for u in units])
-        for useg in units:
-            self._units.remove(useg)
-        for useg in units:
-            for cseg in list(self._cache.segments(useg.start, useg.end)):
-                lo, hi = max(cseg.start, useg.start), min(cseg.end, useg.end)
-                self._units.insert_without_merging(lo, hi, None)
-                mf.mark_evictable(self, lo, hi)
+        """Re-cut the units overlapping ``[start, end)`` after pages left the cache."""
+        if self._units is not None:
+            self._units.resync(self._cache, start, end)
 
     async def evict(self, er: MappableRange) -> None:
         """Evict what can go of the offsets ``er``: a range the budget picked.
@@ -1025,7 +780,7 @@ class CachedFile:
             Pages not yet written back stay dirty and cached.
         """
         start, end = er.start, er.end
-        if self._closed:
+        if self._closed or self._units is None:
             return
         if not self._dirty.is_empty_range(start, end) and not self._lock.locked():
             await self._lock.acquire()
@@ -1047,12 +802,9 @@ class CachedFile:
         pages. Pages no space maps are freed at once; mapped ones after the
         spaces were invalidated, in a background task.
         """
-        keep = [(d.start, d.end) for d in self._dirty.segments(start, end)]
-        keep.extend(self._pins.values())
-        pieces: list[tuple[int, int]] = []
-        for useg in self._units.segments(start, end):
-            lo, hi = max(useg.start, start), min(useg.end, end)
-            pieces.extend(_subtract(lo, hi, keep))
+        if self._units is None:
+            return
+        pieces = self._units.evictable(start, end, self._dirty)
         if not pieces:
             # Nothing can go now: register the range again.
             self._resync_units(start, end)
@@ -1351,13 +1103,13 @@ class CachedFile:
                 # _populate does when it finds the pages present.
                 if self._closed:
                     self._check_open("fetch")
-                self._start_fetches(window.start, window.end)
-            elif self._budget:
+                self._fetcher.start(window.start, window.end)
+            elif self._units is not None:
                 await self._populate(
                     start_p, end_p, window.start, window.end, clip=True
                 )
             else:
-                await self._populate_unpinned(
+                await self._fetcher.fill(
                     start_p, end_p, window.start, window.end, clip=True
                 )
         except BusError as exc:
@@ -1459,39 +1211,32 @@ class CachedFile:
                 self._grow(stop)
                 pos = stop
                 continue
-            fseg = self._fetches.find(pos)
-            if fseg is not None:
+            fetch = self._fetcher.find(pos)
+            if fetch is not None:
                 # Being fetched: wait, then look again (cached or a hole).
-                await fseg.value.done.wait()
+                await fetch.done.wait()
                 continue
             stop = end
             nxt = self._cache.lower_bound_segment(pos)
             if nxt is not None:
                 stop = min(stop, nxt.start)
-            nxt_fetch = self._fetches.lower_bound_segment(pos)
+            nxt_fetch = self._fetcher.next_start(pos)
             if nxt_fetch is not None:
-                stop = min(stop, nxt_fetch.start)
+                stop = min(stop, nxt_fetch)
             if self._is_mapped(pos, stop):
                 # Mapped offsets are written in the cache, so that the
                 # spaces mapping them see the write once they translate.
                 lo, hi = page_round_down(pos), page_round_up(stop)
                 await self._populate(lo, hi, lo, hi, clip=False)
                 continue
-            token = next(self._write_tokens)
-            done = asyncio.Event()
-            self._write_through[token] = (page_round_down(pos), stop, done)
-            try:
+            with self._fetcher.writing_through(page_round_down(pos), stop):
                 n = await self._backing.write_from(
                     pos, view[pos - offset : stop - offset]
                 )
-                if n != stop - pos:
-                    raise OSError(
-                        errno.EIO,
-                        f"backing wrote {n} of {stop - pos} bytes at {pos:#x}",
-                    )
-            finally:
-                del self._write_through[token]
-                done.set()
+            if n != stop - pos:
+                raise OSError(
+                    errno.EIO, f"backing wrote {n} of {stop - pos} bytes at {pos:#x}"
+                )
             self._grow(stop)
             pos = stop
             await self._own_change()
@@ -1571,38 +1316,16 @@ class CachedFile:
             changes the cache meanwhile; a page being written is also held by
             an extra reference while its bytes are in use.
         """
-        wrote = False
-        for dseg in list(self._dirty.segments(start, end)):
-            lo, hi = max(dseg.start, start), min(dseg.end, end)
-            assert self._size is not None
-            for cseg in list(self._cache.segments(lo, hi)):
-                a = max(cseg.start, lo)
-                b = min(cseg.end, hi, self._size)
-                if a >= b:
-                    continue
-                pages = FileRange(
-                    cseg.value + (page_round_down(a) - cseg.start),
-                    cseg.value + (page_round_up(b) - cseg.start),
-                )
-                self._mf.inc_ref(pages)
-                try:
-                    fo = cseg.value + (a - cseg.start)
-                    pos = a
-                    for block in self._mf.map_internal(
-                        FileRange(fo, fo + b - a), AccessType.READ
-                    ):
-                        n = await self._backing.write_from(pos, block)
-                        if n != len(block):
-                            raise OSError(
-                                errno.EIO,
-                                f"backing wrote {n} of {len(block)} bytes at {pos:#x}",
-                            )
-                        pos += n
-                finally:
-                    self._mf.dec_ref(pages)
-            self._dirty.mark_clean(lo, hi)
-            wrote = True
-        if wrote:
+        size = self._size if self._size is not None else 0
+        if await sync_dirty(
+            start,
+            end,
+            self._cache,
+            self._dirty,
+            size,
+            self._mf,
+            self._backing.write_from,
+        ):
             await self._own_change()
 
     async def _own_change(self) -> None:
@@ -1656,7 +1379,7 @@ class CachedFile:
             old = await self._size_or_bus_error()
             # All at once, without awaiting: the new size, and the pages past
             # it out of the cache (still referenced until spaces forget them).
-            self._generation += 1
+            self._fetcher.generation += 1
             self._size = size
             self._ra.reset()
             new_r, old_r = page_round_up(size), page_round_up(old)
@@ -1723,7 +1446,7 @@ class CachedFile:
                 raise ValueError(
                     f"backing {self._backing!r} reported a bad size {new_size!r}"
                 )
-            self._generation += 1
+            self._fetcher.generation += 1
             self._size = int(new_size)
             self._version = version
             self._ra.reset()

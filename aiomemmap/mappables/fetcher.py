@@ -1,0 +1,410 @@
+"""The fetcher: single-flight reads of a cached file's missing pages.
+
+A :class:`Fetcher` fills a cached file's page cache (a
+:class:`~aiomemmap.fsutil.file_range_set.FileRangeSet`) from its backing, one
+background task per page range:
+
+* single flight: a page range being fetched is recorded in a map of in-flight
+  fetches (:class:`Fetch` records), and every later access that needs those
+  pages waits for that fetch instead of starting another;
+* a page lands (becomes present in the cache) only once its bytes have been
+  read; the part of the last page past the end of the file is zero;
+* a fetch belongs to nobody: a waiter that is cancelled stops waiting, and the
+  fetch carries on and lands its pages for the next access;
+* a failed fetch (after the retries of
+  :func:`~aiomemmap.backings.base.read_fully`) frees its pages and leaves them
+  absent; each waiter gets a :class:`~aiomemmap.BusError` and the next access
+  fetches again;
+* several fetches run at once (``max_fetches_in_flight``) and neighbouring
+  missing pages are fetched together, up to ``max_fetch_bytes`` per fetch;
+* a fetch created under an older *generation* (the file was truncated or its
+  cache dropped since) discards its pages when it lands;
+* a fetch never reads offsets that a write is sending straight to the backing
+  (:meth:`Fetcher.writing_through`): it waits for that write first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Callable, Iterator
+from typing import final
+
+from aiomemmap._core.access import AccessType
+from aiomemmap._core.blockseq import BlockSeq, zero_seq
+from aiomemmap._core.errors import BusError, ClosedError, InvariantError
+from aiomemmap._core.locks import detached_context
+from aiomemmap._core.pages import ADDR_LIMIT, PAGE_MASK, page_round_up
+from aiomemmap._core.ranges import FileRange
+from aiomemmap._core.segments import SegmentMap
+from aiomemmap.backings.base import Backing, RetryPolicy, read_fully
+from aiomemmap.fsutil.file_range_set import FileRangeSet
+from aiomemmap.pgalloc.memory_file import MemoryFile, MemoryKind
+
+__all__ = ["Fetch", "Fetcher"]
+
+
+def _round_up_size(size: int) -> int:
+    """``page_round_up(size)`` for a file size, with a fast path."""
+    rounded = (size + PAGE_MASK) & ~PAGE_MASK
+    if rounded >= ADDR_LIMIT or size < 0:
+        return page_round_up(size)  # Raises.
+    return rounded
+
+
+@final
+class Fetch:
+    """One fetch: pages ``[start, end)`` being read from the backing.
+
+    Attributes:
+        start: First offset fetched.
+        end: End of the offsets fetched (page-aligned).
+        valid_end: The file size when the fetch was created: bytes at or past
+            it are zero, not read.
+        generation: The fetcher's generation when the fetch was created; a
+            fetch whose generation is outdated when it lands is discarded.
+        done: Set when the fetch has finished, whatever the outcome.
+        error: Why the fetch failed, or ``None``.
+        stale: The fetch finished but its pages were discarded (the file was
+            truncated or dropped meanwhile); waiters look again.
+
+    Concurrency:
+        Task-compatible: changed by the fetch task and the fetcher, never
+        across an await.
+    """
+
+    __slots__ = ("done", "end", "error", "generation", "stale", "start", "valid_end")
+
+    def __init__(self, start: int, end: int, valid_end: int, generation: int) -> None:
+        self.start = start
+        self.end = end
+        self.valid_end = valid_end
+        self.generation = generation
+        self.done = asyncio.Event()
+        self.error: BaseException | None = None
+        self.stale = False
+
+
+@final
+class Fetcher:
+    """Fetches the missing pages of one cached file, each range once at a time.
+
+    Args:
+        owner: The cached file, named in errors and task names.
+        backing: Where the bytes are read from.
+        mf: Where the pages are allocated (as ``MemoryKind.PAGE_CACHE``).
+        cache: The page cache that fetched pages land in.
+        size: Returns the file's size now (known before any fetch starts).
+        retry: How transient read errors are retried.
+        max_fetch_bytes: The most one fetch reads: a multiple of the page size.
+        max_fetches_in_flight: How many fetches may read at once.
+        budget: Whether ``mf``'s cache budget applies: each fetch then
+            reserves room (evicting) before it allocates.
+        on_land: Called with ``(start, end)`` when a fetch's pages have been
+            inserted into ``cache`` (without awaiting, in the same step).
+
+    Invariants:
+        In-flight fetches are disjoint and none overlaps a cached offset.
+
+    Concurrency:
+        Task-compatible: every change happens between awaits. Fetch tasks
+        are created with ``detached_context()`` and take no lock.
+    """
+
+    __slots__ = (
+        "_backing",
+        "_budget",
+        "_cache",
+        "_closed",
+        "_fetches",
+        "_max_fetch",
+        "_mf",
+        "_on_land",
+        "_owner",
+        "_retry",
+        "_size",
+        "_slots",
+        "_tasks",
+        "_write_through",
+        "_write_tokens",
+        "bytes_fetched",
+        "fetches_done",
+        "generation",
+    )
+
+    def __init__(
+        self,
+        owner: object,
+        backing: Backing,
+        mf: MemoryFile,
+        cache: FileRangeSet,
+        *,
+        size: Callable[[], int | None],
+        retry: RetryPolicy | None,
+        max_fetch_bytes: int,
+        max_fetches_in_flight: int,
+        budget: bool,
+        on_land: Callable[[int, int], None],
+    ) -> None:
+        self._owner = owner
+        self._backing = backing
+        self._mf = mf
+        self._cache = cache
+        self._size = size
+        self._retry = retry
+        self._max_fetch = max_fetch_bytes
+        self._slots = asyncio.Semaphore(max_fetches_in_flight)
+        self._budget = budget
+        self._on_land = on_land
+        self._closed = False
+        self._fetches: SegmentMap[Fetch] = SegmentMap()
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Writes going straight to the backing: token -> (start, end, done).
+        self._write_through: dict[int, tuple[int, int, asyncio.Event]] = {}
+        self._write_tokens = itertools.count()
+        self.generation = 0
+        """Bumped when every fetch in flight becomes outdated."""
+        self.fetches_done = 0
+        """Fetches that read from the backing."""
+        self.bytes_fetched = 0
+        """Bytes read from the backing."""
+
+    # ------------------------------------------------------------------
+    # Queries
+
+    def in_flight(self) -> int:
+        """Return how many fetches are started and not finished."""
+        return len(self._tasks)
+
+    def find(self, offset: int) -> Fetch | None:
+        """Return the fetch reading ``offset``, or ``None``."""
+        seg = self._fetches.find(offset)
+        return None if seg is None else seg.value
+
+    def next_start(self, offset: int) -> int | None:
+        """Return where the first fetch ending after ``offset`` starts, or ``None``."""
+        seg = self._fetches.lower_bound_segment(offset)
+        return None if seg is None else seg.start
+
+    def __iter__(self) -> Iterator[Fetch]:
+        return (seg.value for seg in self._fetches)
+
+    # ------------------------------------------------------------------
+    # Starting and waiting
+
+    def start(self, start: int, end: int) -> None:
+        """Start fetches for the pages of ``[start, end)`` not cached or in flight.
+
+        Neighbouring missing pages go into one fetch, up to
+        ``max_fetch_bytes``. Does not await.
+        """
+        cache, fetches = self._cache, self._fetches
+        holes: list[tuple[int, int]]
+        if cache.is_empty_range(start, end) and fetches.is_empty_range(start, end):
+            # The common case of a cold access: one hole, the whole range.
+            holes = [(start, end)] if start < end else []
+        else:
+            holes = []
+            for gap in cache.gaps(start, end):
+                lo, hi = max(gap.start, start), min(gap.end, end)
+                holes.extend(
+                    (max(h.start, lo), min(h.end, hi)) for h in fetches.gaps(lo, hi)
+                )
+        for lo, hi in holes:
+            while lo < hi:
+                step = min(hi, lo + self._max_fetch)
+                self._spawn(lo, step)
+                lo = step
+
+    async def fill(
+        self, start: int, end: int, wstart: int, wend: int, *, clip: bool
+    ) -> None:
+        """Wait until pages ``[start, end)`` are cached, fetching ``[wstart, wend)``.
+
+        Args:
+            start: First required offset (page-aligned).
+            end: End of the required offsets (page-aligned).
+            wstart: Start of the fill window, at most ``start``.
+            wend: End of the fill window, at least ``end``.
+            clip: Re-clip the required range to the page-rounded size after
+                each wait (reads and translations); without it pages past the
+                end of the file are filled with zeros (writes).
+
+        Raises:
+            BusError: A fetch of a required page failed (or the file shrank
+                below ``start``: the cause is an ``EOFError``).
+            ClosedError: The fetcher is closed.
+
+        Cancellation:
+            Only the waiting stops; fetches carry on.
+        """
+        self._check_open()
+        self.start(wstart, wend)
+        cache = self._cache
+        while True:
+            if self._closed:
+                self._check_open()
+            if clip:
+                size = self._size()
+                if size is None:
+                    raise InvariantError("fill: the file size is not known")
+                end = min(end, _round_up_size(size))
+                if end <= start:
+                    raise BusError(EOFError(f"offset {start:#x} is past end of file"))
+            cseg = cache.find(start)
+            if cseg is None:
+                hole_start = start
+            elif cseg.end >= end:
+                return
+            else:
+                hole = cache.first_hole(cseg.end, end)
+                if hole is None:
+                    return
+                hole_start = hole.start
+            fetch = self.find(hole_start)
+            if fetch is None:
+                # Discarded or failed before: fetch the required pages again.
+                self.start(hole_start, end)
+                fetch = self.find(hole_start)
+                if fetch is None:
+                    raise InvariantError(f"no fetch started at {hole_start:#x}")
+            await fetch.done.wait()
+            if fetch.error is not None:
+                raise BusError(fetch.error)
+
+    @contextlib.contextmanager
+    def writing_through(self, start: int, end: int) -> Iterator[None]:
+        """Hold fetches of ``[start, end)`` back while a write goes to the backing.
+
+        Fetches that would read those offsets wait until the block is left,
+        so that they read what the write put there.
+        """
+        token = next(self._write_tokens)
+        done = asyncio.Event()
+        self._write_through[token] = (start, end, done)
+        try:
+            yield
+        finally:
+            del self._write_through[token]
+            done.set()
+
+    # ------------------------------------------------------------------
+    # Closing
+
+    def close(self) -> None:
+        """Refuse new fetches and waits from now on (:class:`ClosedError`)."""
+        self._closed = True
+
+    def cancel_all(self) -> list[asyncio.Task[None]]:
+        """Cancel every fetch task; return them, for the caller to wait for."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        return tasks
+
+    def check_invariants(self) -> None:
+        """Check the in-flight map against the cache; raise :class:`InvariantError`."""
+        self._fetches.check_invariants()
+        for seg in self._fetches:
+            if not self._cache.is_empty_range(seg.start, seg.end):
+                raise InvariantError(
+                    f"offsets [{seg.start:#x}, {seg.end:#x}) are cached and fetched"
+                )
+
+    # ------------------------------------------------------------------
+    # Fetch tasks
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"fetch: {self._owner!r} is closed")
+
+    def _spawn(self, start: int, end: int) -> None:
+        size = self._size()
+        if size is None:
+            raise InvariantError("fetch: the file size is not known")
+        fetch = Fetch(start, end, size, self.generation)
+        self._fetches.insert_without_merging(start, end, fetch)
+        task = asyncio.get_running_loop().create_task(
+            self._run(fetch),
+            name=f"CachedFile fetch [{start:#x}, {end:#x})",
+            context=detached_context(),
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, fetch: Fetch) -> None:
+        """Read one fetch's pages and land them; the body of a fetch task."""
+        fr: FileRange | None = None
+        try:
+            # Offsets being written straight to the backing are read after
+            # the write.
+            while self._write_through:
+                pending = [
+                    done
+                    for s, e, done in self._write_through.values()
+                    if s < fetch.end and fetch.start < e
+                ]
+                if not pending:
+                    break
+                await pending[0].wait()
+            async with self._slots:
+                if fetch.generation == self.generation:
+                    fr = await self._read_pages(fetch)
+            # The bytes have landed; publish them unless they are outdated.
+            if fr is not None and fetch.generation == self.generation:
+                self._cache.insert(fetch.start, fetch.end, fr.start)
+                fr = None
+                self._on_land(fetch.start, fetch.end)
+            else:
+                fetch.stale = True
+        except asyncio.CancelledError:
+            fetch.error = ClosedError(f"{self._owner!r} was closed during a fetch")
+            raise
+        except Exception as exc:
+            fetch.error = exc
+        finally:
+            if fr is not None and not self._mf.closed:
+                self._mf.dec_ref(fr)
+            seg = self._fetches.find(fetch.start)
+            if seg is not None and seg.value is fetch:
+                self._fetches.delete(seg)
+            fetch.done.set()
+
+    async def _read_pages(self, fetch: Fetch) -> FileRange:
+        """Allocate pages for ``fetch`` and read its bytes into them.
+
+        Raises:
+            Exception: Allocation or the read failed; nothing is held.
+        """
+        mf = self._mf
+        length = fetch.end - fetch.start
+        if self._budget:
+            await mf.evictor.reserve(length)
+            try:
+                fr = mf.allocate(length, kind=MemoryKind.PAGE_CACHE)
+            finally:
+                mf.release_cache_reservation(length)
+        else:
+            fr = mf.allocate(length, kind=MemoryKind.PAGE_CACHE)
+        try:
+            valid = max(0, min(fetch.end, fetch.valid_end) - fetch.start)
+            if valid:
+                self.fetches_done += 1
+                blocks = mf.map_internal(
+                    FileRange(fr.start, fr.start + valid), AccessType.READ_WRITE
+                )
+                pos = fetch.start
+                for block in blocks:
+                    n = await read_fully(self._backing, pos, block, retry=self._retry)
+                    self.bytes_fetched += n
+                    if n < len(block):
+                        # Short only at the end of the file: the rest is zero.
+                        zero_seq(BlockSeq([block[n:]]))
+                        break
+                    pos += n
+        except BaseException:
+            if not mf.closed:
+                mf.dec_ref(fr)
+            raise
+        return fr
