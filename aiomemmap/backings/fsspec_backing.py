@@ -94,7 +94,8 @@ class FsspecBacking:
       first call and raises ``RuntimeError`` if called from another one. Do
       not share such a filesystem between loops either; fsspec caches
       filesystem instances by their arguments and thread, not by loop, so
-      create it with ``skip_instance_cache=True`` (:func:`open_backing` does).
+      create it with ``skip_instance_cache=True``
+      (:func:`~aiomemmap.open_backing` does).
     * An async filesystem in its default, non-asynchronous mode, and every
       sync filesystem (memory, local, ...): its blocking methods run in a
       worker thread (``asyncio.to_thread``); an async one then hops to
@@ -397,13 +398,34 @@ class FsspecBacking:
     async def aclose(self) -> None:
         """Mark the backing closed; close the filesystem's session if owned.
 
-        Only filesystems created by :func:`open_backing` are owned. Idempotent.
+        Only filesystems created by :func:`~aiomemmap.open_backing` are owned.
+        Idempotent.
         """
         if self._closed:
             return
         self._closed = True
         if self._owns_fs and self._native:
             await _close_async_fs(self._fs)
+
+
+def owning_backing(
+    fs: object, path: str, *, readonly: bool | None, block_size_hint: int | None
+) -> FsspecBacking:
+    """Return a :class:`FsspecBacking` that owns ``fs``.
+
+    Its :meth:`~FsspecBacking.aclose` closes the client session of an
+    asynchronous filesystem: for a filesystem created for this backing
+    alone, as :func:`~aiomemmap.open_backing` does.
+
+    Raises:
+        TypeError: As :class:`FsspecBacking`.
+        ValueError: As :class:`FsspecBacking`.
+    """
+    backing = FsspecBacking(
+        fs, path, readonly=readonly, block_size_hint=block_size_hint
+    )
+    backing._owns_fs = True
+    return backing
 
 
 async def _close_async_fs(fs: Any) -> None:  # noqa: ANN401

@@ -79,8 +79,9 @@ class HttpBacking:
     ``len(buf)`` bytes are taken and the rest dropped with the connection.
     404 and 410 raise ``FileNotFoundError``, 401 and 403 ``PermissionError``
     (each chained to aiohttp's ``ClientResponseError``); any other error
-    status raises ``ClientResponseError`` itself, which :func:`is_transient`
-    classifies (5xx, 408, 429 transient). Requests ask for
+    status raises ``ClientResponseError`` itself, which
+    :func:`~aiomemmap.backings.base.is_transient` classifies (5xx, 408, 429
+    transient). Requests ask for
     ``Accept-Encoding: identity`` so that byte ranges address the object's
     bytes, never a compressed form of them.
 
@@ -297,8 +298,9 @@ class HttpBacking:
 
         Returns:
             Bytes copied into ``buf``: short if the body ended early (the
-            object's end, or a cut connection; :func:`read_fully` goes on),
-            0 past the end.
+            object's end, or a cut connection;
+            :func:`~aiomemmap.backings.base.read_fully` goes on), 0 past the
+            end.
 
         Raises:
             FileNotFoundError: HTTP 404 or 410.

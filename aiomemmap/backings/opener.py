@@ -27,22 +27,23 @@ _NEEDS_NETLOC: Final[frozenset[str]] = frozenset(
 def open_backing(url_or_path: str, **storage_options: object) -> Backing:
     """Return a backing for a local path or a URL. Does no network I/O.
 
-    * A plain path or a ``file://`` URL gives a :class:`LocalFileBacking`
+    * A plain path or a ``file://`` URL gives a :class:`~aiomemmap.LocalFileBacking`
       (opened at once); the only option accepted is ``writable``.
-    * An ``http://`` or ``https://`` URL gives an :class:`HttpBacking`
+    * An ``http://`` or ``https://`` URL gives an :class:`~aiomemmap.HttpBacking`
       (aiohttp directly, a session of its own, fsspec not even loaded) when
       the only option given, if any, is ``headers``. With any other option it
       goes through fsspec like the URLs below and gives an
-      :class:`FsspecBacking` over fsspec's HTTP filesystem, with every option
+      :class:`~aiomemmap.FsspecBacking` over fsspec's HTTP filesystem, with every option
       (``headers`` included) passed on.
     * Any other URL goes through ``fsspec.core.url_to_fs(url,
-      **storage_options)`` and gives an :class:`FsspecBacking`. Async-capable
+      **storage_options)`` and gives an :class:`~aiomemmap.FsspecBacking`. Async-capable
       protocols (``http``, ``https``, ``s3``...) are created with
       ``asynchronous=True`` and ``skip_instance_cache=True``: the backing then
       owns a private filesystem whose client session binds to the loop the
-      backing is first used on, and :meth:`FsspecBacking.aclose` closes it.
+      backing is first used on, and its
+      :meth:`~aiomemmap.FsspecBacking.aclose` closes it.
       ``readonly`` and ``block_size_hint`` are taken out of
-      ``storage_options`` and passed to :class:`FsspecBacking`.
+      ``storage_options`` and passed to :class:`~aiomemmap.FsspecBacking`.
 
     Args:
         url_or_path: A path, or a URL such as ``http://host/x`` or
@@ -116,20 +117,15 @@ def open_backing(url_or_path: str, **storage_options: object) -> Backing:
         raise TypeError(f"block_size_hint must be an int or None, got {hint!r}")
     import fsspec.core
 
-    from aiomemmap.backings.fsspec_backing import FsspecBacking
+    from aiomemmap.backings.fsspec_backing import owning_backing
 
     try:
         fs, path = fsspec.core.url_to_fs(url_or_path, **storage_options)
     except ValueError as exc:
         raise ValueError(f"cannot open {url_or_path!r}: {exc}") from exc
-    backing = FsspecBacking(
-        fs,
-        path,
-        readonly=readonly,
-        block_size_hint=typing.cast("int | None", hint),
+    return owning_backing(
+        fs, path, readonly=readonly, block_size_hint=typing.cast("int | None", hint)
     )
-    backing._owns_fs = True
-    return backing
 
 
 def _open_local(url: str, path: str, options: dict[str, object]) -> LocalFileBacking:
