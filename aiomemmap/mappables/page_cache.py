@@ -1,0 +1,412 @@
+"""The page cache of a cached file: its state, its size, filling and reading it.
+
+:class:`PageCache` is the base of :class:`~aiomemmap.CachedFile`: it holds the
+state every part of a cached file shares (the
+:class:`~aiomemmap.fsutil.file_range_set.FileRangeSet` of cached pages, the
+:class:`~aiomemmap.fsutil.dirty_set.DirtySet`, the size and version learned
+from the backing, the :class:`~aiomemmap.mappables.fetcher.Fetcher` and the
+budget's :class:`~aiomemmap.mappables.cache_units.CacheUnits`) and the
+operations on the cache that the others build on: learning the size once,
+waiting for pages (pinned against eviction), counting hits, translating and
+copying present pages, and writing dirty pages back.
+
+The rest of the file lives beside it, one concern a module: writes and
+truncation (:mod:`~aiomemmap.mappables.writeback`), revalidation
+(:mod:`~aiomemmap.mappables.revalidation`), eviction
+(:mod:`~aiomemmap.mappables.cache_eviction`), and the public class with its
+Mappable methods (:mod:`~aiomemmap.mappables.cached_file`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any, Final
+
+from aiomemmap._core.access import AccessType
+from aiomemmap._core.errors import AlignmentError, BusError, ClosedError
+from aiomemmap._core.locks import LockRank, OrderedLock, detached_context
+from aiomemmap._core.pages import (
+    ADDR_LIMIT,
+    HUGE_PAGE_SIZE,
+    PAGE_MASK,
+    PAGE_SIZE,
+    is_int,
+    page_round_down,
+    page_round_up,
+)
+from aiomemmap._core.ranges import MappableRange
+from aiomemmap.backings.base import Backing, RetryPolicy, call_with_retry
+from aiomemmap.fsutil.dirty_set import DirtySet, sync_dirty
+from aiomemmap.fsutil.file_range_set import FileRangeSet
+from aiomemmap.mappables.cache_units import CacheUnits
+from aiomemmap.mappables.fetcher import Fetcher
+from aiomemmap.mappables.readahead import ReadaheadPolicy, ReadaheadState
+from aiomemmap.memmap.bus import InvalidationBus
+from aiomemmap.memmap.interfaces import InvalidateOpts, Translation
+from aiomemmap.memmap.mapping_set import MappingSet
+from aiomemmap.pgalloc.memory_file import MemoryFile
+
+__all__ = [
+    "NO_PRIVATE",
+    "TRANSLATE_AHEAD",
+    "WITH_PRIVATE",
+    "PageCache",
+    "check_offset",
+    "check_page_range",
+    "consume",
+]
+
+TRANSLATE_AHEAD: Final[int] = HUGE_PAGE_SIZE
+"""How far past the required range translate may hand out present pages."""
+
+NO_PRIVATE: Final = InvalidateOpts(invalidate_private=False)
+"""Invalidation that keeps private copies (eviction, dropping the cache)."""
+
+WITH_PRIVATE: Final = InvalidateOpts(invalidate_private=True)
+"""Invalidation that drops private copies too (truncation)."""
+
+_inode_ids = itertools.count(1)
+
+
+def consume(task: asyncio.Task[Any]) -> None:
+    """Mark a task's outcome as seen, so that asyncio does not log it."""
+    if not task.cancelled():
+        task.exception()
+
+
+def check_offset(what: str, name: str, value: object) -> int:
+    """Return ``value`` as an offset in ``[0, 2**64]``, or raise.
+
+    Raises:
+        TypeError: ``value`` is not an int.
+        ValueError: ``value`` is out of range.
+    """
+    if type(value) is int and 0 <= value <= ADDR_LIMIT:
+        return value
+    if not is_int(value):
+        raise TypeError(f"{what}: {name} must be an int, got {value!r}")
+    assert isinstance(value, int)  # is_int() said so; for the type checker
+    if not 0 <= value <= ADDR_LIMIT:
+        raise ValueError(f"{what}: {name} must be in [0, 2**64], got {value:#x}")
+    return int(value)
+
+
+def check_page_range(what: str, mr: object) -> MappableRange:
+    """Return ``mr`` if it is a non-empty, page-aligned ``MappableRange``, or raise.
+
+    Raises:
+        TypeError: ``mr`` is not a ``MappableRange``.
+        ValueError: ``mr`` is empty (``AlignmentError`` if unaligned).
+    """
+    if not isinstance(mr, MappableRange):
+        raise TypeError(f"{what}: mr must be a MappableRange, got {mr!r}")
+    if mr.length == 0:
+        raise ValueError(f"{what}: mr {mr} is empty")
+    if (mr.start | mr.end) & PAGE_MASK:
+        raise AlignmentError(f"{what}: mr {mr} is not page-aligned")
+    return mr
+
+
+class PageCache:
+    """The shared state and cache operations of a cached file.
+
+    Not used alone: :class:`~aiomemmap.CachedFile` validates its arguments
+    and builds on it. Its class docstring states the invariants and the
+    concurrency rules of this state.
+
+    Args:
+        backing: Where the bytes live.
+        memory_file: Where cached pages are allocated.
+        policy: The readahead policy.
+        writable: Whether the file may be written.
+        name: The name shown for mappings of the file, or ``None``.
+        retry: How transient backing errors are retried.
+        max_fetch_bytes: The most one fetch reads.
+        max_fetches_in_flight: How many fetches may read at once.
+        bus: The bus invalidations are published on (``None``: the default).
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_backing",
+        "_budget",
+        "_cache",
+        "_closed",
+        "_dirty",
+        "_evict_tasks",
+        "_evictions",
+        "_fetcher",
+        "_hits",
+        "_inode",
+        "_lock",
+        "_mappings",
+        "_mf",
+        "_misses",
+        "_name",
+        "_policy",
+        "_ra",
+        "_refs",
+        "_retry",
+        "_size",
+        "_size_task",
+        "_units",
+        "_version",
+        "_whole",
+        "_writable",
+    )
+
+    def __init__(
+        self,
+        backing: Backing,
+        memory_file: MemoryFile,
+        *,
+        policy: ReadaheadPolicy,
+        writable: bool,
+        name: str | None,
+        retry: RetryPolicy | None,
+        max_fetch_bytes: int,
+        max_fetches_in_flight: int,
+        bus: InvalidationBus | None,
+    ) -> None:
+        self._backing = backing
+        self._mf = memory_file
+        self._policy = policy
+        self._ra: ReadaheadState = policy.new_state()
+        self._writable = writable
+        self._name = name
+        self._retry = retry
+        self._lock = OrderedLock(LockRank.MAPPABLE, "CachedFile.lock")
+        # Protected by self._lock.
+        self._mappings = MappingSet(bus=bus)
+        # The cache state below changes only between awaits (see Concurrency).
+        self._cache = FileRangeSet()
+        self._dirty = DirtySet()
+        self._size: int | None = None
+        self._version: str | None = None
+        self._size_task: asyncio.Task[None] | None = None
+        self._refs = 1
+        self._closed = False
+        self._inode = next(_inode_ids)
+        self._hits = 0
+        self._misses = 0
+        # The cache budget (see Concurrency); no units without a limit.
+        self._budget = memory_file.cache_limit is not None
+        # Set by the complete file, which is the evictable user they name.
+        self._units: CacheUnits | None = None
+        self._fetcher = Fetcher(
+            self,
+            backing,
+            memory_file,
+            self._cache,
+            size=self._current_size,
+            retry=retry,
+            max_fetch_bytes=max_fetch_bytes,
+            max_fetches_in_flight=max_fetches_in_flight,
+            budget=self._budget,
+            on_land=self._landed,
+        )
+        self._evictions = 0
+        self._evict_tasks: set[asyncio.Task[None]] = set()
+        # (size, MappableRange(0, page-rounded size)) as read() last built it.
+        self._whole: tuple[int, MappableRange] | None = None
+
+    def _is_closed(self) -> bool:
+        # A method call, so that a check after an await is not judged
+        # redundant by the type checker.
+        return self._closed
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise ClosedError(f"{what}: {self!r} is closed")
+
+    async def _ensure_size(self) -> int:
+        """Return the file size, asking the backing once if it is not known.
+
+        Raises:
+            ClosedError: The file is closed.
+            Exception: The backing could not be asked (the next call asks
+                again).
+
+        Cancellation:
+            The question to the backing is shared by every caller and is not
+            abandoned when one of them is cancelled.
+        """
+        while True:
+            self._check_open("size")
+            size = self._size
+            if size is not None:
+                return size
+            task = self._size_task
+            if task is None:
+                task = asyncio.get_running_loop().create_task(
+                    self._learn_size(), context=detached_context()
+                )
+                task.add_done_callback(consume)
+                self._size_task = task
+            await asyncio.shield(task)
+
+    async def _learn_size(self) -> None:
+        generation = self._fetcher.generation
+        try:
+            # The version first: a change after it is then seen as a change.
+            backing, retry = self._backing, self._retry
+            version = await call_with_retry(backing.version, retry=retry)
+            size = await call_with_retry(backing.size, retry=retry)
+        finally:
+            self._size_task = None
+        if not is_int(size) or size < 0:
+            raise ValueError(f"backing {self._backing!r} reported a bad size {size!r}")
+        if self._size is None and generation == self._fetcher.generation:
+            self._size = int(size)
+            self._version = version
+
+    async def _size_or_bus_error(self) -> int:
+        try:
+            return await self._ensure_size()
+        except ClosedError:
+            raise
+        except Exception as exc:
+            raise BusError(exc) from exc
+
+    def _current_size(self) -> int | None:
+        return self._size
+
+    def _landed(self, start: int, end: int) -> None:
+        """Register pages a fetch has just inserted into the cache."""
+        if self._units is not None:
+            self._units.land(start, end)
+
+    async def _populate(
+        self, start: int, end: int, wstart: int, wend: int, *, clip: bool
+    ) -> None:
+        """Wait until pages ``[start, end)`` are cached, fetching ``[wstart, wend)``.
+
+        Args:
+            start: First required offset (page-aligned).
+            end: End of the required offsets (page-aligned).
+            wstart: Start of the fill window, at most ``start``.
+            wend: End of the fill window, at least ``end``.
+            clip: Re-clip the required range to the page-rounded size after
+                each wait (reads and translations); without it pages past the
+                end of the file are filled with zeros (writes).
+
+        Raises:
+            BusError: A fetch of a required page failed (or the file shrank
+                below ``start``: the cause is an ``EOFError``).
+            ClosedError: The file is closed.
+
+        Cancellation:
+            Only the waiting stops; fetches carry on.
+
+        While it waits, ``[start, end)`` is pinned: the cache budget does not
+        evict those pages, so that a large access cannot have its first
+        pages evicted while it waits for the last ones.
+        """
+        if self._units is None:
+            await self._fetcher.fill(start, end, wstart, wend, clip=clip)
+            return
+        with self._units.pinned(start, end):
+            await self._fetcher.fill(start, end, wstart, wend, clip=clip)
+
+    def _count(self, start: int, end: int) -> bool:
+        """Count the hits and misses of ``[start, end)``; return whether all hit."""
+        seg = self._cache.find(start)
+        if seg is not None and seg.end >= end:
+            self._hits += (end - start) // PAGE_SIZE
+            return True
+        if seg is None and end - start == PAGE_SIZE:
+            self._misses += 1
+            return False
+        present = self._cache.span_range(start, end)
+        self._hits += present // PAGE_SIZE
+        self._misses += (end - start - present) // PAGE_SIZE
+        return present == end - start
+
+    def _whole_file(self, size: int) -> MappableRange:
+        """Return ``MappableRange(0, page_round_up(size))``, reusing the last one."""
+        whole = self._whole
+        if whole is None or whole[0] != size:
+            whole = self._whole = (size, MappableRange(0, page_round_up(size)))
+        return whole[1]
+
+    def _touch(self, start: int, end: int) -> None:
+        """Make the units overlapping ``[start, end)`` the most recently used."""
+        if self._units is not None:
+            self._units.touch(start, end)
+
+    def _forget_units(self) -> None:
+        """Forget every unit (the whole cache was dropped)."""
+        if self._units is not None:
+            self._units.forget_all()
+
+    def _resync_units(self, start: int, end: int) -> None:
+        """Re-cut the units overlapping ``[start, end)`` after pages left the cache."""
+        if self._units is not None:
+            self._units.resync(self._cache, start, end)
+
+    def _translations(
+        self,
+        required: MappableRange,
+        optional: MappableRange,
+        window: MappableRange,
+        at: AccessType,
+    ) -> list[Translation]:
+        """Translate the present pages from ``required.start``; does not await."""
+        assert self._size is not None
+        limit = min(
+            optional.end,
+            page_round_up(self._size),
+            max(window.end, required.end + TRANSLATE_AHEAD),
+        )
+        if limit <= required.start:
+            # Truncated below the required pages while they were fetched.
+            return []
+        perms = AccessType.ANY if at.write else AccessType.READ_EXECUTE
+        return self._cache.translations(
+            required, MappableRange(required.start, limit), self._mf, perms
+        )
+
+    def _copy_out(self, start: int, end: int) -> bytes:
+        return self._cache.read(self._mf, start, end)
+
+    def _copy_in(self, start: int, data: memoryview) -> None:
+        self._cache.write(self._mf, start, data)
+        self._dirty.mark_dirty(page_round_down(start), page_round_up(start + len(data)))
+
+    async def _writeback(self, start: int, end: int) -> None:
+        """Write dirty offsets in ``[start, end)`` back (gVisor's ``SyncDirty``).
+
+        Locking:
+            The caller holds ``_lock``, so no write, truncation or drop
+            changes the cache meanwhile; a page being written is also held by
+            an extra reference while its bytes are in use.
+        """
+        size = self._size if self._size is not None else 0
+        if await sync_dirty(
+            start,
+            end,
+            self._cache,
+            self._dirty,
+            size,
+            self._mf,
+            self._backing.write_from,
+        ):
+            await self._own_change()
+
+    async def _own_change(self) -> None:
+        """Remember the backing's version after a change made through this file.
+
+        So that :meth:`revalidate` does not take this file's own writes for a
+        change made by somebody else. (A change by somebody else that lands
+        between the write and this question goes unnoticed.)
+
+        Locking:
+            The caller holds ``_lock``.
+        """
+        self._version = await self._backing.version()
+
+    def _is_mapped(self, start: int, end: int) -> bool:
+        return any(
+            mr.start < end and start < mr.end for mr in self._mappings.mapped_ranges()
+        )
