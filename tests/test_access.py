@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aiomemmap._core.access import AccessType
+from aiomemmap import AccessType
 
 ALL_FLAGS = list(itertools.product([False, True], repeat=3))
 ALL = [AccessType(r, w, x) for r, w, x in ALL_FLAGS]

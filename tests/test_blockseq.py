@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aiomemmap._core.blockseq import BlockSeq, copy_seq, zero_seq
+from aiomemmap import BlockSeq, copy_seq, zero_seq
 from tests.strategies import SplitBuffer, split_buffers
 
 

@@ -11,13 +11,21 @@ from collections.abc import Callable
 import anyio
 import pytest
 
-from aiomemmap._core.debug import set_debug
-from aiomemmap._core.errors import AlignmentError, LockOrderError
-from aiomemmap._core.locks import LockRank, OrderedLock, OrderedRWLock
-from aiomemmap._core.pages import PAGE_SIZE
-from aiomemmap._core.ranges import AddrRange, MappableRange
-from aiomemmap.memmap.bus import BusStatistics, InvalidationBus, default_bus
-from aiomemmap.memmap.interfaces import InvalidateOpts
+from aiomemmap import (
+    PAGE_SIZE,
+    AddrRange,
+    AlignmentError,
+    BusStatistics,
+    InvalidateOpts,
+    InvalidationBus,
+    LockOrderError,
+    LockRank,
+    MappableRange,
+    OrderedLock,
+    OrderedRWLock,
+    set_debug,
+)
+from aiomemmap.memmap.bus import default_bus
 
 DEADLINE = 10
 OPTS = InvalidateOpts()

@@ -11,16 +11,15 @@ from typing import TypeVar
 import anyio
 import pytest
 
-from aiomemmap._core.debug import set_debug
-from aiomemmap._core.errors import AiomemmapError, LockOrderError
-from aiomemmap._core.locks import (
+from aiomemmap import (
+    AiomemmapError,
+    LockOrderError,
     LockRank,
     OrderedLock,
     OrderedRWLock,
-    check_may_take,
-    detached_context,
-    held_locks,
+    set_debug,
 )
+from aiomemmap._core.locks import check_may_take, detached_context, held_locks
 
 DEADLINE = 10
 T = TypeVar("T")

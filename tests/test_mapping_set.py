@@ -6,11 +6,15 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from aiomemmap._core.errors import AlignmentError
-from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
-from aiomemmap.memmap.bus import InvalidationBus
-from aiomemmap.memmap.interfaces import InvalidateOpts
-from aiomemmap.memmap.mapping_set import MappingSet
+from aiomemmap import (
+    AddrRange,
+    AlignmentError,
+    FileRange,
+    InvalidateOpts,
+    InvalidationBus,
+    MappableRange,
+    MappingSet,
+)
 
 P = 0x1000
 

@@ -9,17 +9,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aiomemmap._core.pages import (
-    ADDR_LIMIT,
+from aiomemmap import (
     HUGE_PAGE_SIZE,
     PAGE_SIZE,
+    is_page_aligned,
+    page_round_down,
+    page_round_up,
+)
+from aiomemmap._core.pages import (
+    ADDR_LIMIT,
     huge_page_round_down,
     huge_page_round_up,
     is_huge_page_aligned,
     is_int,
-    is_page_aligned,
-    page_round_down,
-    page_round_up,
 )
 
 U64 = 2**64

@@ -15,8 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aiomemmap._core.pages import PAGE_SIZE, is_page_aligned
-from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
+from aiomemmap import PAGE_SIZE, AddrRange, FileRange, MappableRange, is_page_aligned
 
 U64 = 2**64
 # The three kinds share one implementation; tests drive them generically.
