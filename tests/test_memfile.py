@@ -32,13 +32,13 @@ from aiomemmap._core.errors import (
 from aiomemmap._core.pages import HUGE_PAGE_SIZE, PAGE_SIZE
 from aiomemmap._core.ranges import AddrRange, FileRange
 from aiomemmap.pgalloc import memory_file as _memfile
+from aiomemmap.pgalloc.free_extents import FreeExtents
 from aiomemmap.pgalloc.memory_file import (
     DEFAULT_CHUNK_SIZE,
     MAX_FILE_SIZE,
     MemoryFile,
     MemoryFileStatistics,
     MemoryKind,
-    _FreeExtents,
 )
 
 P = PAGE_SIZE
@@ -975,7 +975,7 @@ def test_check_invariants_catches_corruption(corrupt):
 
 
 def test_free_extents_prefer_the_lowest_fit_across_classes():
-    fe = _FreeExtents()
+    fe = FreeExtents()
     fe.add(0, 5 * P)  # class 2, too short for 6 pages
     fe.add(10 * P, 26 * P)  # class 4
     fe.add(40 * P, 47 * P)  # class 2, fits 6 pages but is higher
@@ -992,7 +992,7 @@ def test_free_extents_prefer_the_lowest_fit_across_classes():
 
 
 def test_free_extents_find_take_add():
-    fe = _FreeExtents()
+    fe = FreeExtents()
     assert fe.find(P) is None
     fe.add(0, 3 * P)
     fe.add(10 * P, 30 * P)

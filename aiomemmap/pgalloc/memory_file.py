@@ -18,7 +18,7 @@ Bookkeeping. Used pages are kept in a :class:`~aiomemmap._core.segments.SegmentM
 from file offsets to ``(references, kind)``; touching segments with equal
 values are merged, so the map holds one segment per run of pages that share a
 count and a kind. The gaps of that map inside the file are the free pages;
-they are mirrored in an index of free extents (see :class:`_FreeExtents`) so
+they are mirrored in an index of free extents (see :class:`FreeExtents`) so
 that finding the lowest free extent that fits is logarithmic, not a scan.
 """
 
@@ -36,8 +36,6 @@ from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Final, TypeAlias, cast, final
 
-from sortedcontainers import SortedList
-
 from aiomemmap._core import host
 from aiomemmap._core.access import AccessType
 from aiomemmap._core.blockseq import BlockSeq
@@ -53,7 +51,6 @@ from aiomemmap._core.errors import (
 from aiomemmap._core.pages import (
     HUGE_PAGE_SIZE,
     PAGE_MASK,
-    PAGE_SHIFT,
     PAGE_SIZE,
     is_int,
 )
@@ -61,6 +58,7 @@ from aiomemmap._core.ranges import FileRange
 from aiomemmap._core.segments import Segment, SegmentMap, merge_equal
 from aiomemmap.memmap.interfaces import EvictableUser
 from aiomemmap.pgalloc.eviction import Evictor
+from aiomemmap.pgalloc.free_extents import FreeExtents
 
 if TYPE_CHECKING:
     from aiomemmap.memmap.interfaces import File
@@ -176,168 +174,6 @@ def _add_ref(seg: Segment[_Usage]) -> _Usage:
     return refs + 1, kind
 
 
-def _size_class(length: int) -> int:
-    """The class of a free extent: ``floor(log2(pages))``."""
-    return (length >> PAGE_SHIFT).bit_length() - 1
-
-
-@final
-class _FreeExtents:
-    """The free pages of a memory file as maximal extents, for lowest-first fit.
-
-    Extents are kept in two dicts (by start and by end), so that a freed range
-    joins its free neighbours with two lookups, and in one sorted list of
-    starts per size class (class ``k`` holds the extents of ``2**k`` to
-    ``2**(k+1) - 1`` pages), with a bit mask of the non-empty classes. Every
-    extent of a class above that of a request fits it, so only the first of
-    each such class is a candidate; in the request's own class the extents
-    are tried in address order, and only below the best candidate so far.
-
-    Invariants:
-        Extents are non-empty, page-aligned, pairwise disjoint and never
-        touch (touching extents are joined). ``_by_end`` is the inverse of
-        ``_by_start``; each start is in exactly the list of its extent's
-        class; bit ``k`` of ``_mask`` is set iff list ``k`` is non-empty.
-
-    Concurrency:
-        Thread-compatible: the owning :class:`MemoryFile` holds its lock.
-    """
-
-    __slots__ = ("_by_end", "_by_start", "_classes", "_mask")
-
-    def __init__(self) -> None:
-        self._by_start: dict[int, int] = {}
-        self._by_end: dict[int, int] = {}
-        self._classes: list[SortedList[int]] = [SortedList() for _ in range(64)]
-        self._mask = 0
-
-    def __len__(self) -> int:
-        return len(self._by_start)
-
-    def extents(self) -> list[tuple[int, int]]:
-        """Return every extent as ``(start, end)``, ascending."""
-        return sorted(self._by_start.items())
-
-    def start_of_extent_ending_at(self, end: int) -> int | None:
-        """Return the start of the extent that ends at ``end``, if there is one."""
-        return self._by_end.get(end)
-
-    def add(self, start: int, end: int) -> None:
-        """Make ``[start, end)`` free, joining it with touching free extents.
-
-        Preconditions:
-            ``[start, end)`` is non-empty, page-aligned and overlaps no extent.
-        """
-        prev_start = self._by_end.get(start)
-        if prev_start is not None:
-            self._delete(prev_start, start)
-            start = prev_start
-        next_end = self._by_start.get(end)
-        if next_end is not None:
-            self._delete(end, next_end)
-            end = next_end
-        self._insert(start, end)
-
-    def take(self, start: int, length: int) -> None:
-        """Remove ``[start, start + length)`` from the extent starting at ``start``.
-
-        Preconditions:
-            An extent starts at ``start`` and is at least ``length`` long.
-        """
-        end = self._by_start[start]
-        self._delete(start, end)
-        if start + length < end:
-            self._insert(start + length, end)
-
-    def find(self, length: int) -> int | None:
-        """Return the lowest start of an extent at least ``length`` long.
-
-        Complexity:
-            O(log n) per non-empty size class above the request's (at most
-            52), plus the extents of the request's own class that lie below
-            the best candidate and are too short. When ``length`` is a power
-            of two pages, the first extent of its class always fits.
-        """
-        c = _size_class(length)
-        classes = self._classes
-        best = -1
-        higher = self._mask >> (c + 1)
-        while higher:
-            low = higher & -higher
-            s = classes[c + low.bit_length()][0]
-            if best < 0 or s < best:
-                best = s
-            higher ^= low
-        if self._mask >> c & 1:
-            by_start = self._by_start
-            own = classes[c]
-            candidates: Iterable[int] = (
-                own if best < 0 else own.irange(maximum=best, inclusive=(True, False))
-            )
-            for s in candidates:
-                if by_start[s] - s >= length:
-                    return s
-        return best if best >= 0 else None
-
-    def clear(self) -> None:
-        """Forget every extent."""
-        self._by_start.clear()
-        self._by_end.clear()
-        for lst in self._classes:
-            lst.clear()
-        self._mask = 0
-
-    def check_invariants(self) -> None:
-        """Raise ``InvariantError`` unless the invariants hold.
-
-        Complexity:
-            O(n log n).
-        """
-        by_start, by_end = self._by_start, self._by_end
-        if len(by_end) != len(by_start):
-            raise InvariantError("free extents: the two dicts differ in size")
-        prev_end = -1
-        for start, end in sorted(by_start.items()):
-            if not start < end or (start | end) & PAGE_MASK:
-                raise InvariantError(f"free extent [{start:#x}, {end:#x}) is bad")
-            if start <= prev_end:
-                raise InvariantError(
-                    f"free extent [{start:#x}, {end:#x}) touches or overlaps "
-                    f"the one ending at {prev_end:#x}"
-                )
-            if by_end.get(end) != start:
-                raise InvariantError(
-                    f"free extent [{start:#x}, {end:#x}) lacks its end"
-                )
-            if start not in self._classes[_size_class(end - start)]:
-                raise InvariantError(f"free extent [{start:#x}, {end:#x}) not indexed")
-            prev_end = end
-        mask = 0
-        for k, lst in enumerate(self._classes):
-            if lst:
-                mask |= 1 << k
-        if mask != self._mask:
-            raise InvariantError(f"free class mask {self._mask:#x} != {mask:#x}")
-        if sum(map(len, self._classes)) != len(by_start):
-            raise InvariantError("free extents: stale entries in the size classes")
-
-    def _insert(self, start: int, end: int) -> None:
-        self._by_start[start] = end
-        self._by_end[end] = start
-        c = _size_class(end - start)
-        self._classes[c].add(start)
-        self._mask |= 1 << c
-
-    def _delete(self, start: int, end: int) -> None:
-        del self._by_start[start]
-        del self._by_end[end]
-        c = _size_class(end - start)
-        lst = self._classes[c]
-        lst.remove(start)
-        if not lst:
-            self._mask &= ~(1 << c)
-
-
 def _check_size_option(name: str, value: object, *, upper: int) -> int | None:
     """Validate ``max_size`` or ``cache_limit``: None or a positive page multiple."""
     if value is None:
@@ -388,25 +224,17 @@ class MemoryFile:
             size is not a multiple of the page or huge page size).
         OSError: The host refused to create the memfd.
 
-    Cache budget. The file keeps the books; the caches do the evicting,
-    because evicting awaits (mapping spaces must be invalidated before pages
-    are freed) and this class never awaits. The books are:
-
-    * the page-cache bytes (``bytes_by_kind[PAGE_CACHE]``);
-    * *reserved* bytes: room promised to fetches that have not allocated yet
-      (:meth:`try_reserve_cache`, :meth:`release_cache_reservation`);
-    * *evicting* bytes: pages already revoked from a cache whose memory is
-      freed once the spaces mapping them have dropped them
-      (:meth:`begin_eviction`, :meth:`end_eviction`); the budget counts them
-      as gone;
-    * the registry of evictable ranges, one entry per ``(user, start)``,
-      ordered least recently used first across every user of the file
-      (:meth:`mark_evictable`, :meth:`touch_evictable`,
-      :meth:`mark_unevictable`, :meth:`forget_evictable`,
-      :meth:`pop_evictable`). Popping removes the entry, so two evictors
-      never pick the same range. An entry is a hint: the user decides, when
-      asked to evict it, what of it can really go (and must tolerate ranges
-      that changed meanwhile), as gVisor's ``EvictableMemoryUser`` does.
+    Cache budget. The file's :attr:`evictor` (a
+    :class:`~aiomemmap.pgalloc.eviction.Evictor`) keeps the books: the
+    page-cache bytes, the room *reserved* for allocations not made yet, the
+    bytes being *evicted* (revoked, not yet freed), and the registry of
+    evictable ranges of every :class:`~aiomemmap.memmap.interfaces.
+    EvictableUser`, least recently used first. The users do the evicting,
+    because it awaits (mapping spaces must be invalidated before pages are
+    freed) and this class never awaits: :meth:`Evictor.reserve` asks them.
+    The budget methods below (:meth:`try_reserve_cache`,
+    :meth:`mark_evictable`, :meth:`pop_evictable` and the rest) are the
+    evictor's, under the file's lock.
 
     Invariants:
         * The used pages (``_used``) and the free extents (``_free``) are
@@ -479,7 +307,7 @@ class MemoryFile:
         self._maps: list[mmap.mmap] = []
         self._views: list[memoryview] = []
         self._used: SegmentMap[_Usage] = SegmentMap(merge_equal)
-        self._free = _FreeExtents()
+        self._free = FreeExtents()
         self._bytes_by_kind: dict[MemoryKind, int] = dict.fromkeys(MemoryKind, 0)
         self._used_bytes = 0
         # The cache budget (see "Cache budget" above), under self._lock.
@@ -630,7 +458,7 @@ class MemoryFile:
 
         Complexity:
             O(log n) in the numbers of used runs and free extents (see
-            :meth:`_FreeExtents.find`), plus one ``ftruncate`` and one
+            :meth:`FreeExtents.find`), plus one ``ftruncate`` and one
             ``mmap`` per chunk when the file grows.
         """
         if not is_int(length):
