@@ -12,6 +12,7 @@ from aiomemmap import (
     FileRange,
     InvalidateOpts,
     InvalidationBus,
+    InvariantError,
     MappableRange,
     MappingSet,
 )
@@ -79,6 +80,25 @@ def test_mapping_set_add_remove_mapping():
     ]
     assert s.is_empty()
     s.check_invariants()
+
+
+def test_check_invariants_raises_invariant_error_on_an_empty_segment():
+    s = MappingSet()
+    s.add_mapping(RecordingSpace(), A(0x10000, 0x12000), 0, False)
+    next(iter(s._set)).value.clear()
+    with pytest.raises(InvariantError, match=r"segment \[0x0, 0x2000\) is empty"):
+        s.check_invariants()
+
+
+def test_check_invariants_raises_invariant_error_on_a_mismatched_mapping():
+    s = MappingSet()
+    ms = RecordingSpace()
+    s.add_mapping(ms, A(0x10000, 0x12000), 0, False)
+    seg = next(iter(s._set))
+    seg.value.clear()
+    seg.value[(ms, 0x10000, 0x11000, False)] = None
+    with pytest.raises(InvariantError, match=r"does not match segment"):
+        s.check_invariants()
 
 
 async def test_mapping_set_invalidate_whole_mapping():
