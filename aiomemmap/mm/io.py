@@ -165,9 +165,17 @@ async def copy_in(  # noqa: D417
         addr, end = _check_io(self, "copy_in", addr, length)
         if addr == end:
             return b""
-    view = _resident_view(self, addr, end, _READ, ignore_permissions)
-    if view is not None:
-        return bytes(view)
+    # The resident fast path, as in _resident_view but one call shorter:
+    # copy_in is the hottest path.
+    pmas = self._pmas
+    seg = pmas.resident(addr, end, _READ, ignore_permissions)
+    if seg is not None:
+        view = seg.value.view
+        if view is None:
+            view = pmas.view(seg)
+        if view is not None:
+            off = addr - seg.start
+            return bytes(view[off : off + (end - addr)])
     out = bytearray()
 
     def read(blocks: BlockSeq) -> None:
