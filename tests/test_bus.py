@@ -646,6 +646,71 @@ async def test_cancellation_while_waiting_for_helper_tasks():
     assert second.ranges == [page_range(0)]
 
 
+async def test_cancel_scope_while_waiting_for_helper_tasks():
+    bus = InvalidationBus()
+    first = GatedSpace("first")
+    second = GatedSpace("second")
+    scope = anyio.CancelScope()
+    done = False
+
+    async def publisher() -> None:
+        nonlocal done
+        with scope:
+            await bus.publish([(first, page_range(0)), (second, page_range(0))], OPTS)
+            done = True  # pragma: no cover
+
+    with anyio.fail_after(DEADLINE):
+        task = asyncio.create_task(publisher())
+        await wait_until(lambda: bool(second.started))
+        first.gate.set()
+        await wait_until(lambda: bool(first.applied))
+        await asyncio.sleep(0)
+        # The publishing task only waits for the helper; the scope keeps
+        # cancelling it until it leaves.
+        scope.cancel()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not task.done()
+        second.gate.set()
+        await task
+    assert scope.cancelled_caught
+    assert not done
+    assert second.ranges == [page_range(0)]
+    assert stats(bus).spaces_in_flight == 0
+
+
+async def test_timeout_while_waiting_for_helper_tasks_becomes_timeout_error():
+    bus = InvalidationBus()
+    first = GatedSpace("first")
+    second = GatedSpace("second")
+    loop = asyncio.get_running_loop()
+    timeouts: list[asyncio.Timeout] = []
+
+    async def publisher() -> None:
+        async with asyncio.timeout(None) as cm:
+            timeouts.append(cm)
+            await bus.publish([(first, page_range(0)), (second, page_range(0))], OPTS)
+
+    with anyio.fail_after(DEADLINE):
+        task = asyncio.create_task(publisher())
+        await wait_until(lambda: bool(second.started))
+        first.gate.set()
+        await wait_until(lambda: bool(first.applied))
+        await asyncio.sleep(0)
+        # The publishing task only waits for the helper when the timeout hits.
+        timeouts[0].reschedule(loop.time())
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not task.done()
+        second.gate.set()
+        with pytest.raises(TimeoutError):
+            await task
+    # Neither delivery was interrupted, so neither was started twice.
+    assert first.started == [page_range(0)]
+    assert second.started == [page_range(0)]
+    assert second.ranges == [page_range(0)]
+
+
 async def test_bus_task_cancelled_from_outside_reports_the_cancellation():
     bus = InvalidationBus()
     first = GatedSpace("first")

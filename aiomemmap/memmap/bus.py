@@ -362,8 +362,18 @@ class InvalidationBus:
         cancelled: asyncio.CancelledError | None = None
         if ready:
             cancelled = await self._work_in_caller(_Batch(ready), opts, join, loop)
-        if join.remaining:
+        if join.remaining and cancelled is None:
+            # Uncancelled, the wait is a bare await: the common case stays as
+            # cheap as a future. A cancellation ends it (and cancels the future).
             waiter: asyncio.Future[None] = loop.create_future()
+            join.waiter = waiter
+            try:
+                await waiter
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        if join.remaining:
+            # Cancelled: wait for the rest through the cancellation shield.
+            waiter = loop.create_future()
             join.waiter = waiter
             try:
                 await finish_shielded(waiter)
