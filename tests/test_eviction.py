@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from aiomemmap import BytesBacking, MemoryFile
+from aiomemmap import BytesBacking, CachedFile, MemoryFile
 from aiomemmap._core.pages import PAGE_SIZE
 from aiomemmap._core.ranges import FileRange, MappableRange
-from aiomemmap.mappables.cached_file import CachedFile
 from aiomemmap.memmap.interfaces import EvictableUser
 from aiomemmap.pgalloc.eviction import Evictor
 from aiomemmap.pgalloc.memory_file import MemoryKind
