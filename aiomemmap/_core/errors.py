@@ -22,6 +22,7 @@ __all__ = [
     "MemoryFault",
     "OutOfMemoryError",
     "RefCountError",
+    "StaleVersionError",
     "WrongLoopError",
     "check_invariant",
 ]
@@ -88,6 +89,30 @@ def check_invariant(condition: object, message: str) -> None:
 
 class ClosedError(AiomemmapError, RuntimeError):
     """An object was used after it was closed."""
+
+
+class StaleVersionError(AiomemmapError, OSError):
+    """The object behind a backing changed while it was being read.
+
+    A backing raises it when a read is answered by another version than the
+    one the file was opened at (an HTTP ``412 Precondition Failed`` to an
+    ``If-Match``, a changed ETag or generation, a local file whose size or
+    modification time moved). The bytes of two versions are never mixed:
+    the cached file revalidates, and the reads that cannot be served from
+    one version fail with this error.
+
+    Attributes:
+        expected: The version the read was tied to.
+        found: The version the store reported instead, or ``None`` if it
+            did not say.
+    """
+
+    def __init__(
+        self, message: str, *, expected: str | None, found: str | None
+    ) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.found = found
 
 
 class AccessDeniedError(AiomemmapError, PermissionError):
