@@ -101,6 +101,8 @@ class StaleVersionError(AiomemmapError, OSError):
     the cached file revalidates, and the reads that cannot be served from
     one version fail with this error.
 
+    Its ``errno`` is ``ESTALE``.
+
     Attributes:
         expected: The version the read was tied to.
         found: The version the store reported instead, or ``None`` if it
@@ -110,7 +112,7 @@ class StaleVersionError(AiomemmapError, OSError):
     def __init__(
         self, message: str, *, expected: str | None, found: str | None
     ) -> None:
-        super().__init__(message)
+        super().__init__(errno.ESTALE, message)
         self.expected = expected
         self.found = found
 
