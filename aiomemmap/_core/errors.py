@@ -112,7 +112,7 @@ class StaleVersionError(AiomemmapError, OSError):
     def __init__(
         self, message: str, *, expected: str | None, found: str | None
     ) -> None:
-        super().__init__(errno.ESTALE, message)
+        super().__init__(_errno.ESTALE, message)
         self.expected = expected
         self.found = found
 
