@@ -177,6 +177,13 @@ def test_every_public_name_resolves_and_is_listed():
     )
 
 
+def test_dir_lists_every_public_name_loaded_or_not():
+    listed = dir(aiomemmap)
+    assert listed == sorted(listed)
+    assert set(aiomemmap.__all__) <= set(listed)
+    assert "__version__" in listed
+
+
 def test_unknown_attribute_raises_attribute_error():
     with pytest.raises(AttributeError, match="no_such_name"):
         _ = aiomemmap.no_such_name  # type: ignore[attr-defined]
