@@ -8,12 +8,14 @@ The public API, by layer (each layer builds only on the ones before it):
 * the memmap interfaces: :class:`Mappable`, :class:`MappingSpace`,
   :class:`MappingIdentity`, :class:`File`, :class:`Translation`,
   :func:`check_translate_result`, :class:`BlockSeq`;
-* the memory file: :class:`MemoryFile`;
+* the memory file: :class:`MemoryFile`, and :class:`EvictableUser`, what a
+  Mappable implements to have its pages evicted under the cache budget;
 * the mapping set, ordered locks and the invalidation bus:
   :class:`MappingSet`, :class:`OrderedLock`, :class:`InvalidationBus`;
 * backings, the Mappables and the address space: :class:`Backing`,
   :func:`open_backing`, :class:`CachedFile`, :class:`SharedMemory`,
-  :class:`AddressSpace`.
+  :class:`AddressSpace`, and the :class:`Platform` seam through which an
+  address space's page mappings reach a host.
 
 Every name is loaded on first use (PEP 562): ``import aiomemmap`` runs this
 module alone, on the standard library, and ``aiomemmap.CachedFile`` imports
@@ -44,6 +46,8 @@ if _typing.TYPE_CHECKING:
     from aiomemmap._core.errors import MemoryFault as MemoryFault
     from aiomemmap._core.errors import OutOfMemoryError as OutOfMemoryError
     from aiomemmap._core.errors import RefCountError as RefCountError
+    from aiomemmap._core.errors import StaleVersionError as StaleVersionError
+    from aiomemmap._core.errors import WrongLoopError as WrongLoopError
     from aiomemmap._core.locks import LockRank as LockRank
     from aiomemmap._core.locks import OrderedLock as OrderedLock
     from aiomemmap._core.locks import OrderedRWLock as OrderedRWLock
@@ -74,6 +78,7 @@ if _typing.TYPE_CHECKING:
     from aiomemmap.mappables.shared_memory import SharedMemory as SharedMemory
     from aiomemmap.memmap.bus import BusStatistics as BusStatistics
     from aiomemmap.memmap.bus import InvalidationBus as InvalidationBus
+    from aiomemmap.memmap.interfaces import EvictableUser as EvictableUser
     from aiomemmap.memmap.interfaces import File as File
     from aiomemmap.memmap.interfaces import InvalidateOpts as InvalidateOpts
     from aiomemmap.memmap.interfaces import Mappable as Mappable
@@ -93,11 +98,14 @@ if _typing.TYPE_CHECKING:
     from aiomemmap.mm.options import Layout as Layout
     from aiomemmap.mm.options import Limits as Limits
     from aiomemmap.mm.options import MRemapMove as MRemapMove
+    from aiomemmap.mm.platform import NoPlatform as NoPlatform
+    from aiomemmap.mm.platform import Platform as Platform
     from aiomemmap.pgalloc.memory_file import MemoryFile as MemoryFile
     from aiomemmap.pgalloc.memory_file import (
         MemoryFileStatistics as MemoryFileStatistics,
     )
     from aiomemmap.pgalloc.memory_file import MemoryKind as MemoryKind
+
 
 __version__ = "0.1.0.dev0"
 
@@ -122,6 +130,7 @@ __all__ = [
     "CacheStatistics",
     "CachedFile",
     "ClosedError",
+    "EvictableUser",
     "FaultInjectingBacking",
     "File",
     "FileRange",
@@ -148,16 +157,20 @@ __all__ = [
     "MemoryFile",
     "MemoryFileStatistics",
     "MemoryKind",
+    "NoPlatform",
     "NoReadahead",
     "OrderedLock",
     "OrderedRWLock",
     "OutOfMemoryError",
+    "Platform",
     "ReadaheadHint",
     "RefCountError",
     "RetryPolicy",
     "SharedMemory",
+    "StaleVersionError",
     "TranslateResult",
     "Translation",
+    "WrongLoopError",
     "check_translate_result",
     "copy_seq",
     "is_debug",
@@ -189,6 +202,7 @@ _MODULE_OF: _typing.Final[dict[str, str]] = {
     "CacheStatistics": "aiomemmap.mappables.cached_file",
     "CachedFile": "aiomemmap.mappables.cached_file",
     "ClosedError": "aiomemmap._core.errors",
+    "EvictableUser": "aiomemmap.memmap.interfaces",
     "FaultInjectingBacking": "aiomemmap.backings.testing",
     "File": "aiomemmap.memmap.interfaces",
     "FileRange": "aiomemmap._core.ranges",
@@ -216,17 +230,21 @@ _MODULE_OF: _typing.Final[dict[str, str]] = {
     "MemoryFile": "aiomemmap.pgalloc.memory_file",
     "MemoryFileStatistics": "aiomemmap.pgalloc.memory_file",
     "MemoryKind": "aiomemmap.pgalloc.memory_file",
+    "NoPlatform": "aiomemmap.mm.platform",
     "NoReadahead": "aiomemmap.mappables.readahead",
     "OrderedLock": "aiomemmap._core.locks",
     "OrderedRWLock": "aiomemmap._core.locks",
     "OutOfMemoryError": "aiomemmap._core.errors",
     "PAGE_SIZE": "aiomemmap._core.pages",
+    "Platform": "aiomemmap.mm.platform",
     "ReadaheadHint": "aiomemmap.mappables.readahead",
     "RefCountError": "aiomemmap._core.errors",
     "RetryPolicy": "aiomemmap.backings.base",
     "SharedMemory": "aiomemmap.mappables.shared_memory",
+    "StaleVersionError": "aiomemmap._core.errors",
     "TranslateResult": "aiomemmap.memmap.interfaces",
     "Translation": "aiomemmap.memmap.interfaces",
+    "WrongLoopError": "aiomemmap._core.errors",
     "check_translate_result": "aiomemmap.memmap.interfaces",
     "copy_seq": "aiomemmap._core.blockseq",
     "is_debug": "aiomemmap._core.debug",

@@ -44,6 +44,8 @@ FOUNDATION = [
     "OutOfMemoryError",
     "ClosedError",
     "InvariantError",
+    "WrongLoopError",
+    "EvictableUser",
     "MemoryFileStatistics",
 ]
 
@@ -61,6 +63,7 @@ MAPPABLES = [
     "FixedReadahead",
     "AdaptiveReadahead",
     "CacheStatistics",
+    "StaleVersionError",
 ]
 
 
@@ -72,6 +75,8 @@ ADDRSPACE = [
     "MemoryFault",
     "AddressSpaceStatistics",
     "Limits",
+    "Platform",
+    "NoPlatform",
 ]
 
 
@@ -113,6 +118,8 @@ def test_public_api_errors_share_one_root_and_builtin_bases():
     assert issubclass(aiomemmap.AddressSpaceError, OSError)
     assert issubclass(aiomemmap.LockOrderError, RuntimeError)
     assert issubclass(aiomemmap.InvariantError, AssertionError)
+    assert issubclass(aiomemmap.WrongLoopError, RuntimeError)
+    assert issubclass(aiomemmap.StaleVersionError, OSError)
     assert issubclass(aiomemmap.MemoryFault, aiomemmap.AddressSpaceError)
 
 
