@@ -8,12 +8,13 @@ import random
 
 from aiomemmap._core.access import AccessType
 from aiomemmap._core.blockseq import BlockSeq, copy_seq
+from aiomemmap._core.host import punch_hole
 from aiomemmap._core.pages import PAGE_SIZE
 from aiomemmap._core.ranges import AddrRange, FileRange
 from aiomemmap._core.segments import SegmentMap
 from aiomemmap.memmap.bus import InvalidationBus
 from aiomemmap.memmap.interfaces import InvalidateOpts
-from aiomemmap.pgalloc.memory_file import MemoryFile, _punch_hole
+from aiomemmap.pgalloc.memory_file import MemoryFile
 from aiomemmap.tools.bench import BenchRow, measure_async_rate, measure_rate, register
 
 _SEED = 20261125
@@ -68,7 +69,7 @@ async def allocate_free() -> list[BenchRow]:
         scratch = mf.allocate(PAGE_SIZE)
 
         def baseline() -> None:
-            _punch_hole(fd, scratch.start, PAGE_SIZE)
+            punch_hole(fd, scratch.start, PAGE_SIZE)
 
         ours_rate = measure_rate(ours, batch=200)
         base_rate = measure_rate(baseline, batch=200)
