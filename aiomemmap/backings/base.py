@@ -7,7 +7,10 @@ coroutine, so a backing may wait for the network without blocking the loop.
 
 Transient failures (a dropped connection, a timeout, a 5xx answer) are retried
 by the caller through :func:`read_fully` or :func:`call_with_retry` with a
-:class:`RetryPolicy`; a backing's own methods make one attempt each.
+:class:`RetryPolicy`; a backing's own methods make one attempt each. A read
+answered by another version of the object than the one the backing is tied
+to raises :class:`~aiomemmap._core.errors.StaleVersionError`, which is never
+retried: the caller revalidates instead.
 
 The backings themselves live in modules of their own, so that using one loads
 no library another needs: :mod:`~aiomemmap.backings.memory`,
@@ -30,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
+from aiomemmap._core.errors import StaleVersionError
 from aiomemmap._core.pages import is_int
 
 __all__ = [
@@ -49,6 +53,35 @@ class Backing(Protocol):
     Every method may be called concurrently with any other from tasks of one
     event loop; implementations serialise internally if they must.
 
+    Versions: a backing whose storage tells one version of the object from
+    another ties its reads to one version, the *pinned* one: the version its
+    latest :meth:`version` call answered or, before any such call, the one
+    its first :meth:`size` or :meth:`read_into` call met. A read that meets
+    another version, or that ends before the pinned version's end (the
+    object shrank), raises
+    :class:`~aiomemmap._core.errors.StaleVersionError` instead of returning
+    bytes: bytes of two versions are never passed off as one file, and a
+    file that shrank never reads as zeros. Changes made through the backing
+    itself (:meth:`write_from`, :meth:`truncate`) move the pin with them.
+
+    To move on to the object's new version after a ``StaleVersionError``,
+    drop whatever was read of the old one and call :meth:`version` again:
+    the answer is the version later reads are tied to (this is what
+    :meth:`~aiomemmap.CachedFile.revalidate` does). Bytes that reads
+    started before that call return may belong to either version: a cache
+    must not keep them. A backing that pins nothing (one whose every change
+    is made through it, like :class:`~aiomemmap.BytesBacking`, or one written
+    before pins existed) keeps working: its :meth:`version` is only a
+    question, and :func:`read_fully` with ``known_size`` still refuses to
+    end a read before the size the caller knows.
+
+    Timeouts: each backing of this package bounds the time one call may wait
+    for its storage (a ``timeout`` option, 60 seconds by default; see each
+    class) and raises ``TimeoutError`` (an ``OSError`` with ``ETIMEDOUT``,
+    transient) past it. :attr:`RetryPolicy.timeout` bounds every attempt of
+    :func:`read_fully` and :func:`call_with_retry` the same way, for any
+    backing.
+
     Attributes:
         readonly: Whether :meth:`write_from` and :meth:`truncate` always fail.
     """
@@ -57,6 +90,9 @@ class Backing(Protocol):
 
     async def size(self) -> int:
         """Return the current size of the file in bytes.
+
+        The first call of a backing that pins versions and has none pinned
+        yet pins the version it meets.
 
         Raises:
             OSError: The storage could not be asked (e.g. ``ConnectionError``).
@@ -68,10 +104,11 @@ class Backing(Protocol):
         """Read up to ``len(buf)`` bytes at ``offset`` into ``buf``.
 
         Returns:
-            The number of bytes read. It is short only at the end of the file
-            (0 at or past the end).
+            The number of bytes read, an int in ``[0, len(buf)]``. It is
+            short only at the end of the file (0 at or past the end).
 
         Raises:
+            StaleVersionError: The object is no longer the pinned version.
             OSError: The read failed; nothing is promised about ``buf``.
             ClosedError: The backing was closed.
 
@@ -107,7 +144,9 @@ class Backing(Protocol):
         """Return a token that changes whenever the contents change.
 
         An ETag, a generation number or size plus modification time;
-        ``None`` if the storage offers nothing of the kind.
+        ``None`` if the storage offers nothing of the kind. A backing that
+        pins versions ties its later reads to the version answered (see
+        the class docstring).
 
         Raises:
             OSError: The storage could not be asked.
@@ -145,6 +184,7 @@ _TRANSIENT_ERRNOS: Final[frozenset[int]] = frozenset(
 
 # Exceptions that are never transient, whatever they wrap.
 _PERMANENT: Final[tuple[type[BaseException], ...]] = (
+    StaleVersionError,
     FileNotFoundError,
     PermissionError,
     IsADirectoryError,
@@ -222,10 +262,11 @@ def is_transient(exc: BaseException) -> bool:
     too.
 
     Never transient: ``asyncio.CancelledError`` and other non-``Exception``
-    exceptions, ``FileNotFoundError``, ``PermissionError``,
-    ``IsADirectoryError``, ``NotADirectoryError``, ``FileExistsError``,
-    ``ValueError``, ``TypeError``, HTTP 4xx other than 408/429, and anything
-    unrecognised.
+    exceptions, :class:`~aiomemmap._core.errors.StaleVersionError` (the
+    object changed: retrying reads the new version), ``FileNotFoundError``,
+    ``PermissionError``, ``IsADirectoryError``, ``NotADirectoryError``,
+    ``FileExistsError``, ``ValueError``, ``TypeError``, HTTP 4xx other than
+    408/429, and anything unrecognised.
 
     Args:
         exc: The exception to classify.
@@ -252,6 +293,26 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
 
 
+def check_timeout(timeout: object) -> float | None:
+    """Return ``timeout`` as seconds, or ``None`` for no bound.
+
+    Raises:
+        ValueError: ``timeout`` is not ``None`` or a finite number ``> 0``.
+    """
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ValueError(
+            f"timeout must be None or a finite number > 0, got {timeout!r}"
+        )
+    return float(timeout)
+
+
 @typing.final
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
@@ -267,6 +328,10 @@ class RetryPolicy:
         initial_backoff: Seconds to wait before the first retry.
         max_backoff: Upper bound of any one wait, in seconds.
         multiplier: Growth factor of the wait between retries.
+        timeout: Seconds one attempt (one call of the backing) may take
+            before it is abandoned with a ``TimeoutError``, which counts as a
+            transient failure; ``None`` (the default) leaves the bound to
+            the backing's own ``timeout`` option.
 
     Concurrency:
         immutable.
@@ -276,6 +341,7 @@ class RetryPolicy:
     initial_backoff: float = 0.05
     max_backoff: float = 2.0
     multiplier: float = 2.0
+    timeout: float | None = None
 
     def __post_init__(self) -> None:
         if not is_int(self.attempts) or self.attempts < 1:
@@ -291,6 +357,7 @@ class RetryPolicy:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.multiplier < 1:
             raise ValueError(f"multiplier must be >= 1, got {self.multiplier!r}")
+        check_timeout(self.timeout)
         if self.max_backoff < self.initial_backoff:
             raise ValueError(
                 f"max_backoff ({self.max_backoff!r}) must be >= "
@@ -332,10 +399,12 @@ async def call_with_retry(
 
     Args:
         fn: Makes one attempt; called again for each retry.
-        retry: The retry policy; ``None`` means ``RetryPolicy()``.
+        retry: The retry policy; ``None`` means ``RetryPolicy()``. Its
+            ``timeout`` bounds each attempt.
 
     Raises:
         TypeError: ``retry`` is not a ``RetryPolicy`` or ``None``.
+        TimeoutError: The last attempt outlived ``retry.timeout``.
         Exception: What the last attempt raised.
 
     Cancellation:
@@ -348,7 +417,14 @@ async def call_with_retry(
     failures = 0
     while True:
         try:
-            return await fn()
+            if policy.timeout is None:
+                return await fn()
+            return await within(
+                policy.timeout,
+                fn(),
+                getattr(fn, "__self__", fn),
+                f"{getattr(fn, '__name__', 'the call')}()",
+            )
         except Exception as exc:
             if not is_transient(exc):
                 raise
@@ -359,8 +435,42 @@ async def call_with_retry(
 
 
 # ---------------------------------------------------------------------------
-# Argument checks shared by the backings.
+# Argument checks and time limits shared by the backings.
 # ---------------------------------------------------------------------------
+
+
+async def within(
+    seconds: float | None, aw: Awaitable[_T], owner: object, what: str
+) -> _T:
+    """Await ``aw``, giving up after ``seconds``.
+
+    Args:
+        seconds: Seconds allowed; ``None`` waits as long as it takes.
+        aw: What to await; cancelled when the time is up.
+        owner: Who waits (a backing), named in the error.
+        what: What is awaited, named in the error.
+
+    Raises:
+        TimeoutError: The time ran out; ``errno`` is ``ETIMEDOUT`` and the
+            message names ``owner``, ``what`` and the bound. A
+            ``TimeoutError`` raised by ``aw`` itself passes unchanged.
+
+    Cancellation:
+        Propagates; ``aw`` is cancelled with the caller.
+    """
+    if seconds is None:
+        return await aw
+    limit = asyncio.timeout(seconds)
+    try:
+        async with limit:
+            return await aw
+    except TimeoutError as exc:
+        if not limit.expired():
+            raise
+        raise TimeoutError(
+            errno.ETIMEDOUT,
+            f"{owner!r}: {what} did not finish within {seconds:g} s",
+        ) from exc
 
 
 def check_offset(offset: object) -> int:
@@ -430,21 +540,28 @@ async def read_fully(
     buf: memoryview | bytearray,
     *,
     retry: RetryPolicy | None = None,
+    known_size: int | None = None,
 ) -> int:
     """Fill ``buf`` from ``backing`` at ``offset``, stopping only at end of file.
 
     A short read is not trusted to mean end of file: reading goes on from
     where it stopped. A read that returns ``0`` ends the loop only if
-    ``backing.size()`` confirms that the position is at or past the end;
-    otherwise the zero-byte read counts as a failed attempt (it may be an
-    eventually consistent store catching up) and, once attempts run out,
-    raises ``OSError(EIO)``. Zero bytes are never passed off as data.
+    ``backing.size()`` confirms that the position is at or past the end
+    and, when ``known_size`` is given, that the position is at or past it
+    too: a file that ends before the size its caller knows has shrunk
+    since, which raises
+    :class:`~aiomemmap._core.errors.StaleVersionError`, never a short
+    count that the caller would fill with zeros. A zero-byte read before
+    the end counts as a failed attempt (it may be an eventually consistent
+    store catching up) and, once attempts run out, raises ``OSError(EIO)``.
+    Zero bytes are never passed off as data.
 
     Transient errors (see :func:`is_transient`) are retried with the
-    policy's deterministic exponential backoff. The budget counts failures
-    in a row: a read that makes progress resets it, so a long read through a
-    flaky backing is not failed by errors spread across many chunks.
-    Permanent errors are raised at once.
+    policy's deterministic exponential backoff; an attempt that outlives
+    ``retry.timeout`` is one of them. The budget counts failures in a row:
+    a read that makes progress resets it, so a long read through a flaky
+    backing is not failed by errors spread across many chunks. Permanent
+    errors (``StaleVersionError`` among them) are raised at once.
 
     Args:
         backing: Where to read from.
@@ -452,6 +569,8 @@ async def read_fully(
         buf: Writable destination.
         retry: The retry policy; ``None`` means ``RetryPolicy()``. Use
             ``RetryPolicy(attempts=1)`` for no retries.
+        known_size: The file's size as the caller last learnt it (a
+            cache's), or ``None`` to trust ``backing.size()`` alone.
 
     Returns:
         Bytes read: ``len(buf)``, or fewer only if the end of file came first.
@@ -459,9 +578,16 @@ async def read_fully(
     Raises:
         TypeError: ``buf`` is not writable or ``offset`` is not an int.
         ValueError: ``offset`` is negative.
-        OSError: A permanent error, or the last transient error once
-            ``retry.attempts`` attempts in a row failed. ``buf[:k]`` may
-            already hold bytes read before the error.
+        StaleVersionError: The backing reported a change of version, or the
+            file ended before ``known_size``.
+        TimeoutError: The last attempt outlived ``retry.timeout`` (or the
+            backing's own bound).
+        OSError: A permanent error, the last transient error once
+            ``retry.attempts`` attempts in a row failed, or ``EIO`` when
+            ``backing.read_into`` returned something other than a byte
+            count in ``[0, asked]`` (the message names the backing and
+            what it returned). ``buf[:k]`` may already hold bytes read
+            before the error.
         ClosedError: The backing was closed.
 
     Preconditions:
@@ -482,6 +608,9 @@ async def read_fully(
     policy = _DEFAULT_RETRY if retry is None else retry
     if not isinstance(policy, RetryPolicy):
         raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
+    if known_size is not None:
+        known_size = check_size(known_size)
+    timeout = policy.timeout
     want = len(view)
     done = 0
     failures = 0
@@ -489,9 +618,20 @@ async def read_fully(
         pos = offset + done
         size = -1
         try:
-            n = await backing.read_into(pos, view[done:])
-            if n == 0:
-                size = await backing.size()
+            if timeout is None:
+                n = await backing.read_into(pos, view[done:])
+            else:
+                n = await within(
+                    timeout,
+                    backing.read_into(pos, view[done:]),
+                    backing,
+                    f"read_into at {pos}",
+                )
+            if n == 0 and is_int(n):
+                if timeout is None:
+                    size = await backing.size()
+                else:
+                    size = await within(timeout, backing.size(), backing, "size()")
         except Exception as exc:
             if not is_transient(exc):
                 raise
@@ -500,19 +640,25 @@ async def read_fully(
                 raise
             await asyncio.sleep(policy.backoff(failures))
             continue
+        if type(n) is not int and not is_int(n):
+            raise _bad_count(backing, pos, want - done, n)
         if n < 0 or n > want - done:
-            raise OSError(
-                errno.EIO,
-                f"backing returned {n} bytes for a read of {want - done}",
-            )
+            raise _bad_count(backing, pos, want - done, n)
         if n == 0:
             if pos >= size:
+                if known_size is not None and pos < known_size:
+                    raise StaleVersionError(
+                        f"{backing!r} ended at {size}, before offset {pos} of "
+                        f"the {known_size} bytes the file had: it shrank",
+                        expected=f"size:{known_size}",
+                        found=f"size:{size}",
+                    )
                 return done
             failures += 1
             if failures >= policy.attempts:
                 raise OSError(
                     errno.EIO,
-                    f"backing returned no bytes at offset {pos} "
+                    f"{backing!r} returned no bytes at offset {pos} "
                     f"before its end at {size}",
                 )
             await asyncio.sleep(policy.backoff(failures))
@@ -520,6 +666,16 @@ async def read_fully(
         done += n
         failures = 0
     return done
+
+
+def _bad_count(backing: Backing, pos: int, asked: int, n: object) -> OSError:
+    """Return the error for a ``read_into`` that returned ``n``, not a count."""
+    what = f"{n} bytes" if is_int(n) else f"{n!r} ({type(n).__name__})"
+    return OSError(
+        errno.EIO,
+        f"{backing!r}.read_into({pos}, <{asked} bytes>) returned {what}, "
+        f"not a byte count in [0, {asked}]",
+    )
 
 
 # The backings that live in modules of their own, by the module that holds

@@ -10,8 +10,14 @@ import typing
 from collections.abc import Callable
 from typing import TypeVar
 
-from aiomemmap._core.errors import ClosedError
-from aiomemmap.backings.base import byte_view, check_offset, check_size
+from aiomemmap._core.errors import ClosedError, StaleVersionError
+from aiomemmap.backings.base import (
+    byte_view,
+    check_offset,
+    check_size,
+    check_timeout,
+    within,
+)
 
 __all__ = ["LocalFileBacking"]
 
@@ -29,6 +35,24 @@ def _pread_all(fd: int, n: int, offset: int) -> bytes:
         parts.append(chunk)
         got += len(chunk)
     return b"".join(parts)
+
+
+def _pread_and_stat(fd: int, n: int, offset: int) -> tuple[bytes, os.stat_result]:
+    """Read up to ``n`` bytes at ``offset``, then ``fstat`` the file.
+
+    The ``fstat`` comes after the read, so a change made before or during
+    the read shows in it (within the file system's timestamp granularity).
+    """
+    data = _pread_all(fd, n, offset)
+    return data, os.fstat(fd)
+
+
+def _version_of(st: os.stat_result) -> tuple[int, int]:
+    return st.st_size, st.st_mtime_ns
+
+
+def _token(version: tuple[int, int]) -> str:
+    return f"{version[0]}-{version[1]}"
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -56,6 +80,26 @@ class LocalFileBacking:
     thread (including those of cancelled callers) returns, so a descriptor
     number is never reused under a running call.
 
+    Versions: the version is the file's size and modification time
+    (``st_size``, ``st_mtime_ns``). Reads are tied to the version pinned by
+    the first call (or the latest :meth:`version`): every ``pread`` is
+    followed by an ``fstat`` in the same thread, and a size or time that
+    differs from the pinned one raises
+    :class:`~aiomemmap._core.errors.StaleVersionError` instead of returning
+    the bytes, so a file that another process rewrote or truncated is never
+    read as a mix of versions or as zeros. Writes and truncates through the
+    backing move the pin to the version they made. Limits: a change that
+    keeps the size and lands within the file system's timestamp granularity
+    of the pinned time, or that restores the old time (``touch -r``,
+    ``rsync -t``), is not seen; nor is a change by another process made
+    while a write through this backing is in flight.
+
+    Timeouts: each system call round trip (a thread running ``pread``,
+    ``pwrite`` or ``ftruncate``) is bounded by ``timeout`` seconds (60 by
+    default); past it the caller gets ``TimeoutError`` (``ETIMEDOUT``,
+    transient) while the thread, which cannot be interrupted, finishes in
+    the background and keeps the descriptor open until it does.
+
     Attributes:
         readonly: ``not writable``.
         path: The file's path.
@@ -64,22 +108,32 @@ class LocalFileBacking:
         task-safe.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, writable: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        writable: bool = False,
+        timeout: float | None = 60.0,
+    ) -> None:
         """Open ``path``.
 
         Args:
             path: A regular file.
             writable: Open for reading and writing; otherwise writes raise
                 ``PermissionError``.
+            timeout: Seconds one system call may take before the caller
+                gets ``TimeoutError``; ``None`` waits as long as it takes.
 
         Raises:
             FileNotFoundError: ``path`` does not exist.
             IsADirectoryError: ``path`` is a directory.
             PermissionError: The file cannot be opened in the asked mode.
+            ValueError: ``timeout`` is not ``None`` or a number ``> 0``.
             OSError: Another failure to open.
         """
         self.path = os.fspath(path)
         self.readonly = not writable
+        self._timeout = check_timeout(timeout)
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
         try:
             fd = os.open(self.path, flags)
@@ -98,6 +152,12 @@ class LocalFileBacking:
         self._fd: int | None = fd
         self._closed = False
         self._in_flight = 0
+        # The pinned version, learnt by the first call; None until then.
+        self._pin: tuple[int, int] | None = None
+        # Writes through this backing started, and those still running: a
+        # read that overlaps one cannot tell its change from somebody else's.
+        self._writes_started = 0
+        self._writing = 0
 
     def __repr__(self) -> str:
         return (
@@ -132,21 +192,30 @@ class LocalFileBacking:
             raise
         fut.add_done_callback(lambda _f: self._release())
         # The shield keeps the thread's future (and the fd reference) alive
-        # when the caller is cancelled; the callback releases it later.
-        return await asyncio.shield(fut)
+        # when the caller is cancelled or times out; the callback releases
+        # it later.
+        return await within(self._timeout, asyncio.shield(fut), self, "the call")
+
+    def _stat(self) -> os.stat_result:
+        fd = self._acquire()
+        try:
+            return os.fstat(fd)
+        finally:
+            self._release()
 
     async def size(self) -> int:
         """Return the file's size from ``fstat``.
+
+        Pins the version seen if none is pinned yet.
 
         Raises:
             OSError: ``fstat`` failed.
             ClosedError: The backing was closed.
         """
-        fd = self._acquire()
-        try:
-            return os.fstat(fd).st_size
-        finally:
-            self._release()
+        st = self._stat()
+        if self._pin is None:
+            self._pin = _version_of(st)
+        return st.st_size
 
     async def read_into(self, offset: int, buf: memoryview) -> int:
         """Read up to ``len(buf)`` bytes at ``offset`` with ``pread``.
@@ -155,6 +224,10 @@ class LocalFileBacking:
             Bytes read; short only at the end of the file.
 
         Raises:
+            StaleVersionError: The file's size or modification time, as
+                ``fstat`` saw it after the read, is not the pinned one;
+                ``buf`` is not touched.
+            TimeoutError: The read took longer than ``timeout``.
             OSError: The read failed.
             ClosedError: The backing was closed.
 
@@ -168,7 +241,26 @@ class LocalFileBacking:
             self._acquire()
             self._release()
             return 0
-        data = await self._run(lambda fd: _pread_all(fd, n, offset))
+        pin = self._pin
+        writes = self._writes_started
+        data, st = await self._run(lambda fd: _pread_and_stat(fd, n, offset))
+        seen = _version_of(st)
+        if self._pin is None:
+            self._pin = seen
+        elif (
+            seen != pin
+            and seen != self._pin
+            and self._writing == 0
+            and writes == self._writes_started
+        ):
+            # Neither the version the read started under nor the current
+            # pin, and no write of ours overlapped: somebody else's change.
+            raise StaleVersionError(
+                f"{self!r} changed under a read at {offset}: size and "
+                f"modification time {_token(seen)}, pinned {_token(self._pin)}",
+                expected=_token(self._pin),
+                found=_token(seen),
+            )
         view[: len(data)] = data
         return len(data)
 
@@ -189,8 +281,23 @@ class LocalFileBacking:
         offset = check_offset(offset)
         payload = bytes(byte_view(data, writable=False))
         self._check_writable()
-        await self._run(lambda fd: _pwrite_all(fd, payload, offset))
+        await self._changing(lambda fd: _pwrite_all(fd, payload, offset))
         return len(payload)
+
+    async def _changing(self, change: Callable[[int], None]) -> None:
+        """Run ``change(fd)`` in a thread, then pin the version it made."""
+
+        def change_and_stat(fd: int) -> os.stat_result:
+            change(fd)
+            return os.fstat(fd)
+
+        self._writes_started += 1
+        self._writing += 1
+        try:
+            st = await self._run(change_and_stat)
+        finally:
+            self._writing -= 1
+        self._pin = _version_of(st)
 
     async def truncate(self, size: int) -> None:
         """Set the file's size with ``ftruncate``.
@@ -202,7 +309,7 @@ class LocalFileBacking:
         """
         size = check_size(size)
         self._check_writable()
-        await self._run(lambda fd: os.ftruncate(fd, size))
+        await self._changing(lambda fd: os.ftruncate(fd, size))
 
     def _check_writable(self) -> None:
         if self._closed:
@@ -213,18 +320,17 @@ class LocalFileBacking:
             )
 
     async def version(self) -> str:
-        """Return ``f"{size}-{mtime_ns}"`` from ``fstat``.
+        """Return ``f"{size}-{mtime_ns}"`` from ``fstat``, and pin it.
+
+        Later reads are tied to the version returned.
 
         Raises:
             OSError: ``fstat`` failed.
             ClosedError: The backing was closed.
         """
-        fd = self._acquire()
-        try:
-            st = os.fstat(fd)
-        finally:
-            self._release()
-        return f"{st.st_size}-{st.st_mtime_ns}"
+        version = _version_of(self._stat())
+        self._pin = version
+        return _token(version)
 
     async def aclose(self) -> None:
         """Close the file descriptor (once no thread uses it). Idempotent."""
