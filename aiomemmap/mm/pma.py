@@ -239,7 +239,11 @@ class PmaCache:
 
     Invariants:
         ``rss`` is the total length of the pmas; private pmas are pages of
-        ``mf``; a pma that needs copy-on-write is not writable.
+        ``mf``; a pma that needs copy-on-write is not writable; a pma
+        allows no more than any vma it lies in (its effective and maximum
+        permissions are within each one's), since the resident fast path
+        checks only the pma. Pmas merge across vmas, so every step that
+        gives a pma more permissions changes only the part inside one vma.
 
     Concurrency:
         Task-compatible: caller holds ``lock`` for writing to change
@@ -591,11 +595,7 @@ class PmaCache:
                     )
                 pma = pseg.value
                 if at.write and pma.need_cow:
-                    if pma.private and self.mf.has_unique_ref(
-                        FileRange(pma.offset, pma.offset + (pseg.end - pseg.start))
-                    ):
-                        self._take_over(pseg, vma)
-                    else:
+                    if not (pma.private and self._take_over(pseg, vseg)):
                         self._break_cow(pseg, vseg, start, end)
                     continue
                 if not pma.translate_perms.superset_of(at):
@@ -667,14 +667,34 @@ class PmaCache:
             ),
         )
 
-    def _take_over(self, pseg: Segment[Pma], vma: Vma) -> None:
-        """Make a private copy-on-write pma writable: the space owns its pages."""
+    def _take_over(self, pseg: Segment[Pma], vseg: Segment[Vma]) -> bool:
+        """Take over the pages of a private copy-on-write pma inside ``vseg``.
+
+        When the space holds the only reference on the pages the pma has
+        inside the vma, that part gets the vma's permissions and no longer
+        needs copy-on-write; nothing is copied. A pma may span several vmas
+        (pmas merge whatever vmas they lie in), so only the part inside
+        ``vseg`` changes: the rest keeps permissions its own vmas allow.
+
+        Returns:
+            Whether the pages were taken over (``False``: they are shared,
+            so they must be copied).
+        """
+        start, end = max(pseg.start, vseg.start), min(pseg.end, vseg.end)
         pma = pseg.value
-        pseg = self.segs.set_value(
-            pseg, pma.with_perms(vma.effective_perms, vma.max_perms, need_cow=False)
+        offset = pma.offset + (start - pseg.start)
+        if not self.mf.has_unique_ref(FileRange(offset, offset + (end - start))):
+            return False
+        segs = self.segs
+        pseg = segs.isolate(pseg, start, end)
+        vma = vseg.value
+        pseg = segs.set_value(
+            pseg,
+            pseg.value.with_perms(vma.effective_perms, vma.max_perms, need_cow=False),
         )
-        self._map(pseg.start, pseg.end, pseg.value)
-        self.segs.merge_next(self.segs.merge_prev(pseg))
+        self._map(start, end, pseg.value)
+        segs.merge_next(segs.merge_prev(pseg))
+        return True
 
     def _break_cow(
         self, pseg: Segment[Pma], vseg: Segment[Vma], start: int, end: int
@@ -749,6 +769,13 @@ class PmaCache:
                 pma.translate_perms.superset_of(pma.effective_perms),
                 f"pma {pseg}: effective permissions exceed the translation's",
             )
+            for vseg in vmas.segs.segments(pseg.start, pseg.end):
+                vma = vseg.value
+                check_invariant(
+                    vma.effective_perms.superset_of(pma.effective_perms)
+                    and vma.max_perms.superset_of(pma.max_perms),
+                    f"pma {pseg} allows more than vma {vseg} it lies in",
+                )
             check_invariant(
                 pma.blocks is None or pma.blocks.num_bytes == pseg.end - pseg.start,
                 f"pma {pseg}: cached mapping of the wrong length",
