@@ -184,9 +184,10 @@ async def test_mremap_matrix(mf: MemoryFile) -> None:
         old = await asp.mmap(anon(2 * P, addr=BASE, fixed=True))
         await asp.copy_out(old, b"keep")
         await asp.mmap(anon(P, addr=BASE + 2 * P, fixed=True, perms=R))
-        # NO_MOVE: old_size 0 -> ENOMEM (cannot grow into itself); growth
-        # blocked by the next mapping -> ENOMEM; equal -> no-op; shrink.
-        await expect_errno(asp, errno.ENOMEM, asp.mremap(old, 0, P))
+        # NO_MOVE: old_size 0 of private memory -> EINVAL (Linux copies
+        # only shared mappings); growth blocked by the next mapping ->
+        # ENOMEM; equal -> no-op; shrink.
+        await expect_errno(asp, errno.EINVAL, asp.mremap(old, 0, P))
         await expect_errno(asp, errno.ENOMEM, asp.mremap(old, 2 * P, 3 * P))
         assert await asp.mremap(old, 2 * P, 2 * P) == old
         assert await asp.mremap(old, 2 * P, P) == old

@@ -500,7 +500,7 @@ class AddressSpaceMachine(RuleBasedStateMachine):
         move: MRemapMove,
         new_addr: int,
     ) -> tuple[int, str | None]:
-        """gVisor's MRemap (gvisor-semantics §6.6), applied to the model."""
+        """gVisor's MRemap (gvisor-semantics §6.6) in Linux's order, on the model."""
         if old not in sp.pages:
             return 0, "EFAULT"
         old_end = old + old_len
@@ -533,10 +533,15 @@ class AddressSpaceMachine(RuleBasedStateMachine):
                 return 0, "EINVAL"
             if dest + new_len > MAX:
                 return 0, "ENOMEM"
+            # Checked before anything is unmapped (Linux's order): the part
+            # of the old range that is kept must be one vma.
+            kept_end = min(old_end, old + new_len)
+            _, run_end = sp.run_of(old)
+            if run_end < kept_end:
+                return 0, "EFAULT"
             sp.unmap(dest, dest + new_len)
-            if new_len < old_len:
-                sp.unmap(old + new_len, old_end)
-                old_end = old + new_len
+            sp.unmap(kept_end, old_end)
+            old_end = kept_end
         _, run_end = sp.run_of(old)
         if run_end < old_end:
             return 0, "EFAULT"

@@ -677,6 +677,37 @@ MREMAP_ERRORS: list[Any] = [
         errno.ENOMEM,
         id="must-move-below-min",
     ),
+    # Linux refuses to copy private memory (old_size 0), whatever the move.
+    pytest.param(
+        lambda w: w.asp.mremap(A, 0, P), errno.EINVAL, id="private-old-size-0"
+    ),
+    pytest.param(
+        lambda w: w.asp.mremap(A + P, 0, 2 * P, move=MAY_MOVE),
+        errno.EINVAL,
+        id="may-move-private-old-size-0",
+    ),
+    pytest.param(
+        lambda w: w.asp.mremap(A, 0, P, move=MUST_MOVE, new_addr=FREE),
+        errno.EINVAL,
+        id="must-move-private-old-size-0",
+    ),
+    pytest.param(
+        lambda w: w.asp.mremap(A, 0, P, move=MUST_MOVE, new_addr=A),
+        errno.EINVAL,
+        id="must-move-private-old-size-0-same-place",
+    ),
+    # A failing MUST_MOVE has unmapped neither its destination nor the
+    # old range's tail (expect_errno checks that nothing changed).
+    pytest.param(
+        lambda w: w.asp.mremap(B, 2 * P, 2 * P, move=MUST_MOVE, new_addr=A),
+        errno.EFAULT,
+        id="must-move-spans-two-keeps-destination",
+    ),
+    pytest.param(
+        lambda w: w.asp.mremap(A + P, 3 * P, 2 * P, move=MUST_MOVE, new_addr=S),
+        errno.EFAULT,
+        id="must-move-shrink-spans-two-keeps-destination-and-tail",
+    ),
 ]
 
 
@@ -830,17 +861,22 @@ async def test_mremap_must_move_replaces_destination(mf: MemoryFile) -> None:
         asp.check_invariants()
 
 
-async def test_mremap_must_move_unmaps_destination_before_failing(
+async def test_mremap_must_move_shrinking_unmaps_the_tail_beyond_the_mapping(
     mf: MemoryFile,
 ) -> None:
-    """gVisor unmaps the destination (and a shrunk tail) before it checks
-    that the source is one vma: the EFAULT leaves them unmapped."""
+    """Only the part of the old range that is kept must be one mapping: the
+    tail, whatever it covers, is unmapped (as Linux does)."""
     async with world(mf) as w:
         asp = w.asp
-        with pytest.raises(AddressSpaceError) as info:
-            await asp.mremap(B, 2 * P, 2 * P, move=MUST_MOVE, new_addr=A)
-        assert info.value.errno == errno.EFAULT
-        assert vmas(asp) == WORLD_VMAS[1:]
+        got = await asp.mremap(A + P, 3 * P, P, move=MUST_MOVE, new_addr=FREE)
+        assert got == FREE
+        # A's second page moved; the hole and B (the tail) are gone.
+        assert vmas(asp) == [
+            (A, A + P, "rw-p"),
+            *WORLD_VMAS[2:],
+            (FREE, FREE + P, "rw-p"),
+        ]
+        assert await asp.copy_in(FREE, P) == b"a" * P
         asp.check_invariants()
 
 

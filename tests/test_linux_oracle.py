@@ -6,22 +6,20 @@ kernel does, the text form round-trips, the normalisations do exactly what
 the table of intended differences says, and a deliberately wrong model is
 caught and shrunk to a minimal reproducer.
 
-:data:`KNOWN_UNFIXED` lists the differences the tester found that are bugs
-not fixed yet, each matched by a narrow signature. Fixing one makes its
-reproducer agree with Linux, and :func:`test_known_unfixed_still_differ`
-then fails until the entry is deleted.
+:data:`FIXED` lists the differences the tester found, all fixed: each
+reproducer (and the random sequence that found it first) agrees with Linux.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from tests.linux_oracle.compare import Difference, Oracle, replay_command
+from tests.linux_oracle.compare import Oracle, replay_command
 from tests.linux_oracle.differences import (
     ERROR_ORDER,
     INTENDED_DIFFERENCES,
@@ -32,13 +30,9 @@ from tests.linux_oracle.differences import (
 from tests.linux_oracle.driver import LinuxGuest
 from tests.linux_oracle.model import ModelSide
 from tests.linux_oracle.ops import (
-    Fork,
     Mmap,
     Mprotect,
-    Mremap,
-    Op,
     Read,
-    Write,
     encode,
     generate,
     parse,
@@ -49,140 +43,6 @@ from tests.linux_oracle.window import WINDOW_BASE, P
 
 CI_SEED = 20240610
 CI_SEQUENCES = 125
-
-
-# ---------------------------------------------------------------------------
-# Known, unfixed differences
-
-
-def _rounded(n: int) -> int:
-    return (n + P - 1) & ~(P - 1)
-
-
-def _write_through_read_only(ops: tuple[Op, ...], diff: Difference) -> bool:
-    # Linux stops a write at a page it may not write; ours wrote it all.
-    op = diff.op
-    return (
-        diff.what == "outcome"
-        and isinstance(op, Write)
-        and any(isinstance(o, Fork) for o in ops)
-        and diff.linux[:2] == ["fault", "EFAULT"]
-        and diff.linux[2] < op.length
-        and diff.ours == ["ok", op.length]
-    )
-
-
-def _file_offset_value_error(ops: tuple[Op, ...], diff: Difference) -> bool:
-    op = diff.op
-    return (
-        diff.what == "outcome"
-        and isinstance(op, Mmap)
-        and op.kind in ("fp", "fs")
-        and op.offset + _rounded(op.length) <= 1 << 64
-        and diff.linux == ["err", "EOVERFLOW"]
-        and diff.ours == ["exc", "ValueError"]
-    )
-
-
-def _file_offset_past_size_limit(ops: tuple[Op, ...], diff: Difference) -> bool:
-    op = diff.op
-    return (
-        diff.what == "outcome"
-        and isinstance(op, Mmap)
-        and op.kind in ("fp", "fs")
-        and op.offset + _rounded(op.length) > (1 << 63) - 1
-        and diff.linux == ["err", "EOVERFLOW"]
-        and diff.ours[:1] == ["ok"]
-    )
-
-
-def _mremap_private_copy(ops: tuple[Op, ...], diff: Difference) -> bool:
-    # Linux refuses old_size 0 (a copy) of a private mapping with EINVAL.
-    op = diff.op
-    if not (
-        diff.what == "outcome"
-        and isinstance(op, Mremap)
-        and op.old_size == 0
-        and diff.linux == ["err", "EINVAL"]
-    ):
-        return False
-    copied = ["ok", op.new_addr] if op.move == "must" else ["ok", "moved"]
-    return diff.ours in (copied, ["err", "ENOMEM"], ["err", "EFAULT"])
-
-
-def _mapped(lines: list[str]) -> set[int]:
-    pages: set[int] = set()
-    for line in lines:
-        start, end = (int(x, 16) for x in line.split()[0].split("-"))
-        pages.update(range(start // P, end // P))
-    return pages
-
-
-def _failed_mremap_unmapped_destination(ops: tuple[Op, ...], diff: Difference) -> bool:
-    # MREMAP_FIXED failed on both sides; ours had already unmapped the
-    # destination (and, when shrinking, the old range's tail).
-    op = diff.op
-    if not (
-        diff.what == "maps"
-        and isinstance(op, Mremap)
-        and op.move == "must"
-        and diff.outcome[:1] == ["err"]
-    ):
-        return False
-    lost = _mapped(diff.linux) - _mapped(diff.ours)
-    allowed = set(range(op.new_addr // P, _rounded(op.new_addr + op.new_size) // P))
-    if op.new_size < op.old_size:
-        tail = _rounded(op.addr + op.new_size) // P
-        allowed.update(range(tail, _rounded(op.addr + op.old_size) // P))
-    return bool(lost) and _mapped(diff.ours) <= _mapped(diff.linux) and lost <= allowed
-
-
-@dataclass(frozen=True)
-class KnownUnfixed:
-    """A difference found and not fixed yet: how to recognise it, and a reproducer."""
-
-    name: str
-    matches: Callable[[tuple[Op, ...], Difference], bool]
-    reproducer: str
-
-
-KNOWN_UNFIXED: tuple[KnownUnfixed, ...] = (
-    KnownUnfixed(
-        "a write runs on from writable pages into read-only ones after fork",
-        _write_through_read_only,
-        "mmap(0x0,0x3000,r--,ap,fixed,0x0);mprotect(0x1000,0x1000,rw-);"
-        "fork(exit,[]);write(0x1000,0x10,2);write(0x1800,0x1000,3)",
-    ),
-    KnownUnfixed(
-        "mmap of a file at offset 2**64 - 4096 raises ValueError, not EOVERFLOW",
-        _file_offset_value_error,
-        "mmap(0x3000,0x1000,r-x,fp,fixed,0xfffffffffffff000)",
-    ),
-    KnownUnfixed(
-        "mmap of a file past the 2**63 - 1 file size limit succeeds, not EOVERFLOW",
-        _file_offset_past_size_limit,
-        "mmap(0x1000,0x1000,rwx,fs,fixed,0xffffffffffffe000)",
-    ),
-    KnownUnfixed(
-        "mremap with old_size 0 of a private mapping is not refused with EINVAL",
-        _mremap_private_copy,
-        "mmap(0x4000,0x3000,rwx,ap,fixed,0x0);mremap(0x5000,0x0,0x3000,may,0x0)",
-    ),
-    KnownUnfixed(
-        "a failed MREMAP_FIXED has already unmapped its destination (or tail)",
-        _failed_mremap_unmapped_destination,
-        "mmap(0xc000,0x1000,---,fs,hint,0x7000);mmap(0x8000,0x1000,rwx,ap,hint,0x0);"
-        "mremap(0x8000,0x2000,0x4000,must,0xc000)",
-    ),
-)
-
-
-def known_unfixed(ops: tuple[Op, ...], diff: Difference) -> KnownUnfixed | None:
-    """Return the entry of :data:`KNOWN_UNFIXED` that ``diff`` is, if any."""
-    for entry in KNOWN_UNFIXED:
-        if entry.matches(ops, diff):
-            return entry
-    return None
 
 
 # ---------------------------------------------------------------------------
@@ -205,15 +65,10 @@ def oracle(guest: LinuxGuest) -> Oracle:
 
 
 async def test_random_sequences_agree_with_linux(oracle: Oracle) -> None:
-    known: dict[str, int] = {}
     for index in range(CI_SEQUENCES):
         ops = generate(random.Random(f"{CI_SEED}:{index}"))
         diff = await oracle.check(ops)
         if diff is None:
-            continue
-        entry = known_unfixed(ops, diff)
-        if entry is not None:
-            known[entry.name] = known.get(entry.name, 0) + 1
             continue
         small, small_diff = await shrink(oracle, ops, diff)
         pytest.fail(
@@ -223,35 +78,65 @@ async def test_random_sequences_agree_with_linux(oracle: Oracle) -> None:
         )
 
 
-@pytest.mark.parametrize("entry", KNOWN_UNFIXED, ids=lambda e: e.name)
-async def test_known_unfixed_still_differ(oracle: Oracle, entry: KnownUnfixed) -> None:
+# ---------------------------------------------------------------------------
+# Fixed differences
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A difference found and fixed: its reproducer, and where it was found.
+
+    ``found_at`` is ``(seed, index)`` as ``python -m tests.linux_oracle
+    --seed S --first I --runs 1`` numbers the random sequence that found it
+    first, if one did.
+    """
+
+    name: str
+    reproducer: str
+    found_at: tuple[int, int] | None
+
+
+FIXED: tuple[Fixed, ...] = (
+    Fixed(
+        "a write runs on from writable pages into read-only ones after fork",
+        "mmap(0x0,0x3000,r--,ap,fixed,0x0);mprotect(0x1000,0x1000,rw-);"
+        "fork(exit,[]);write(0x1000,0x10,2);write(0x1800,0x1000,3)",
+        (2, 22),
+    ),
+    Fixed(
+        "mmap of a file at offset 2**64 - 4096 raises ValueError, not EOVERFLOW",
+        "mmap(0x3000,0x1000,r-x,fp,fixed,0xfffffffffffff000)",
+        (7, 98),
+    ),
+    Fixed(
+        "mmap of a file past the 2**63 - 1 file size limit succeeds, not EOVERFLOW",
+        "mmap(0x1000,0x1000,rwx,fs,fixed,0xffffffffffffe000)",
+        None,
+    ),
+    Fixed(
+        "mremap with old_size 0 of a private mapping is not refused with EINVAL",
+        "mmap(0x4000,0x3000,rwx,ap,fixed,0x0);mremap(0x5000,0x0,0x3000,may,0x0)",
+        None,
+    ),
+    Fixed(
+        "a failed MREMAP_FIXED has already unmapped its destination (or tail)",
+        "mmap(0xb000,0x4000,rw-,as,noreplace,0x0);"
+        "mmap(0x7000,0x1000,rwx,ap,noreplace,0x0);"
+        "mremap(0x7000,0x3000,0x2000,must,0xd000)",
+        None,
+    ),
+)
+
+
+@pytest.mark.parametrize("entry", FIXED, ids=lambda e: e.name)
+async def test_fixed_differences_agree_with_linux(oracle: Oracle, entry: Fixed) -> None:
     ops = parse(entry.reproducer)
     diff = await oracle.check(ops)
-    assert diff is not None, f"fixed? delete KNOWN_UNFIXED entry {entry.name!r}"
-    assert entry.matches(ops, diff), diff.describe()
-    # Each finding is recognised by its own entry only.
-    assert [e for e in KNOWN_UNFIXED if e.matches(ops, diff)] == [entry]
-
-
-# Where seeded random sequences find the two differences users reported:
-# (seed, index) as ``python -m tests.linux_oracle --seed S --first I --runs 1``
-# numbers them.
-FOUND_AT: dict[str, tuple[int, int]] = {
-    KNOWN_UNFIXED[0].name: (2, 22),
-    KNOWN_UNFIXED[1].name: (7, 98),
-}
-
-
-@pytest.mark.parametrize("name", sorted(FOUND_AT))
-async def test_reported_differences_are_found_by_random_sequences(
-    oracle: Oracle, name: str
-) -> None:
-    (entry,) = [e for e in KNOWN_UNFIXED if e.name == name]
-    seed, index = FOUND_AT[name]
-    ops = generate(random.Random(f"{seed}:{index}"))
-    diff = await oracle.check(ops)
-    assert diff is not None, f"fixed? delete KNOWN_UNFIXED entry {name!r}"
-    assert entry.matches(ops, diff), diff.describe()
+    assert diff is None, diff.describe()
+    if entry.found_at is not None:
+        seed, index = entry.found_at
+        diff = await oracle.check(generate(random.Random(f"{seed}:{index}")))
+        assert diff is None, diff.describe()
 
 
 # ---------------------------------------------------------------------------
@@ -393,13 +278,21 @@ def test_error_order_is_normalised_only_with_several_argument_errors() -> None:
     single = Mmap(0x123, P, "rw-", "fp", "fixed", 0)
     assert explain(single, ["err", "ENOMEM"], ["err", "EINVAL"]) is None
     assert explain(single, ["err", "EINVAL"], ["ok", 0]) is None
+    # A file mapping past the largest file: gVisor refuses it before
+    # placing it, Linux after.
+    past = Mmap(0x1000, P, "rwx", "fs", "noreplace", 2**63 - P)
+    assert explain(past, ["err", "EEXIST"], ["err", "EOVERFLOW"]) is ERROR_ORDER
+    inside = Mmap(0x1000, P, "rwx", "fs", "noreplace", 2**63 - 2 * P)
+    assert explain(inside, ["err", "EEXIST"], ["err", "EOVERFLOW"]) is None
 
 
 def test_reported_differences_are_not_intended_differences() -> None:
-    write = parse(KNOWN_UNFIXED[0].reproducer)[-1]
+    write = parse(FIXED[0].reproducer)[-1]
     assert explain(write, ["fault", "EFAULT", 0x800], ["ok", 0x1000]) is None
-    (mmap,) = parse(KNOWN_UNFIXED[1].reproducer)
+    (mmap,) = parse(FIXED[1].reproducer)
     assert explain(mmap, ["err", "EOVERFLOW"], ["exc", "ValueError"]) is None
+    (mmap,) = parse(FIXED[2].reproducer)
+    assert explain(mmap, ["err", "EOVERFLOW"], ["ok", 0x1000]) is None
     assert MULTI_VMA_MOVE in INTENDED_DIFFERENCES
     assert len({d.name for d in INTENDED_DIFFERENCES}) == len(INTENDED_DIFFERENCES)
 

@@ -15,6 +15,7 @@ from aiomemmap._core.errors import AddressSpaceError
 from aiomemmap._core.pages import ADDR_LIMIT, HUGE_PAGE_MASK, PAGE_MASK, is_int
 
 __all__ = [
+    "FILE_END_MAX",
     "U64",
     "check_addr",
     "huge_round_down",
@@ -25,6 +26,13 @@ __all__ = [
 
 U64 = ADDR_LIMIT
 """One past the largest 64-bit value: the end of every address range."""
+
+FILE_END_MAX = (1 << 63) - 1
+"""The farthest a file mapping may reach: its offset plus its rounded length.
+
+Files hold at most ``2**63 - 1`` bytes (Linux's ``MAX_LFS_FILESIZE``,
+gVisor's ``math.MaxInt64``), so a mapping past that is ``EOVERFLOW``.
+"""
 
 
 def syscall_error(err: int, what: str) -> AddressSpaceError:

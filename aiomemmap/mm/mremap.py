@@ -50,20 +50,25 @@ async def mremap(
     MUST_MOVE  copy         move and grow  move      shrink and move
     ========== ============ ============== ========= ===============
 
-    A move carries the cached pages (private data included) to the new
-    addresses; a copy (``old_size`` 0, shared mappings) maps the same
-    offsets again.
+    ``old_size`` 0 is allowed only for shared mappings (``EINVAL`` for a
+    private one, as Linux has it). A move carries the cached pages
+    (private data included) to the new addresses; a copy maps the same
+    offsets again. ``MUST_MOVE`` checks everything before it unmaps the
+    destination (and, when shrinking, the old range's tail), so when it
+    fails nothing has changed.
 
     Raises:
         TypeError: An argument has the wrong type.
         ValueError: An int argument is outside ``[0, 2**64)``.
         AddressSpaceError: ``EINVAL`` (``old_addr`` unaligned,
             ``new_size`` rounds to 0 or overflows, the old range
-            overflows; for ``MUST_MOVE``: ``new_addr`` unaligned,
-            overflowing, or overlapping the old range); ``EFAULT`` (no
-            mapping at ``old_addr``, or the old range is not one
-            mapping); ``EAGAIN`` (``RLIMIT_MEMLOCK``); ``ENOMEM``
-            (``NO_MOVE`` cannot grow, no room, ``RLIMIT_AS``).
+            overflows; ``old_size`` 0 of a private mapping; for
+            ``MUST_MOVE``: ``new_addr`` unaligned, overflowing, or
+            overlapping the old range; file offsets past ``2**64``);
+            ``EFAULT`` (no mapping at ``old_addr``, or the part of the
+            old range that is kept is not one mapping); ``EAGAIN``
+            (``RLIMIT_MEMLOCK``); ``ENOMEM`` (``NO_MOVE`` cannot grow,
+            no room, ``RLIMIT_AS``).
         Exception: Whatever the Mappable's ``copy_mapping`` raises.
         ClosedError: The space is closed.
 
@@ -107,58 +112,114 @@ async def _mremap_locked(
     if vseg is None:
         raise syscall_error(_errno.EFAULT, "mremap: nothing mapped at old_addr")
     vma = vseg.value
+    if old_size == 0 and vma.private:
+        # A copy of private memory would share nothing with the original.
+        raise syscall_error(_errno.EINVAL, "mremap: old_size 0 of a private mapping")
     if new_size > old_size and vma.mlock_mode is not MLockMode.NONE:
         memlock = self._limits.memlock
         if memlock is not None and self._vmas.locked_as - old_size + new_size > memlock:
             raise syscall_error(_errno.EAGAIN, "mremap: RLIMIT_MEMLOCK")
-    if move is not MRemapMove.MUST_MOVE:
-        if new_size <= old_size:
-            if new_size < old_size:
-                await finish_shielded(unmap_locked(self, old_addr + new_size, old_end))
-            return old_addr
-        if vseg.end < old_end:
-            raise syscall_error(_errno.EFAULT, "mremap: old range spans mappings")
-        grow_error: AddressSpaceError | None = None
-        try:
-            await _grow_in_place_locked(self, vseg, old_end, new_size - old_size)
-        except AddressSpaceError as exc:
-            if move is MRemapMove.NO_MOVE:
-                raise
-            grow_error = exc
-        if grow_error is None:
-            return old_addr
-    if move is MRemapMove.MAY_MOVE:
-        start = self._vmas.find_available(new_size)
-        new_start, new_end = start, start + new_size
-    else:
-        if new_addr & PAGE_MASK:
-            raise syscall_error(_errno.EINVAL, "mremap: new_addr not page-aligned")
-        new_start, new_end = new_addr, new_addr + new_size
-        if new_end > U64:
-            raise syscall_error(_errno.EINVAL, "mremap: new range overflows")
-        if new_start < old_end and old_addr < new_end:
-            raise syscall_error(_errno.EINVAL, "mremap: new range overlaps the old")
-        self._vmas.find_available(new_size, addr=new_start, fixed=True, unmap=True)
-        await finish_shielded(unmap_locked(self, new_start, new_end))
+    if move is MRemapMove.MUST_MOVE:
+        return await _move_to_locked(self, vseg, old_addr, old_end, new_size, new_addr)
+    if new_size <= old_size:
         if new_size < old_size:
             await finish_shielded(unmap_locked(self, old_addr + new_size, old_end))
-            old_end = old_addr + new_size
-        found = self._vmas.segs.find(old_addr)
-        if found is None:
-            raise syscall_error(_errno.EFAULT, "mremap: nothing mapped at old_addr")
-        vseg = found
+        return old_addr
     if vseg.end < old_end:
         raise syscall_error(_errno.EFAULT, "mremap: old range spans mappings")
-    new_len = new_end - new_start
-    old_len = old_end - old_addr
+    try:
+        await _grow_in_place_locked(self, vseg, old_end, new_size - old_size)
+    except AddressSpaceError:
+        if move is MRemapMove.NO_MOVE:
+            raise
+    else:
+        return old_addr
+    new_start = self._vmas.find_available(new_size, what="mremap")
+    _check_move(self, vseg, old_addr, old_end, new_size)
+    return await _move_locked(self, vseg, old_addr, old_end, new_start, new_size)
+
+
+async def _move_to_locked(
+    self: AddressSpace,
+    vseg: Segment[Vma],
+    old_addr: int,
+    old_end: int,
+    new_size: int,
+    new_addr: int,
+) -> int:
+    """``MUST_MOVE``: move (or copy) to ``new_addr``, replacing what is there.
+
+    Everything is checked before anything is unmapped, as Linux does, so a
+    failing call changes nothing. Then the destination is unmapped, and a
+    shrinking move unmaps the old range's tail, before the rest moves.
+    """
+    if new_addr & PAGE_MASK:
+        raise syscall_error(_errno.EINVAL, "mremap: new_addr not page-aligned")
+    new_start, new_end = new_addr, new_addr + new_size
+    if new_end > U64:
+        raise syscall_error(_errno.EINVAL, "mremap: new range overflows")
+    if new_start < old_end and old_addr < new_end:
+        raise syscall_error(_errno.EINVAL, "mremap: new range overlaps the old")
+    self._vmas.find_available(
+        new_size, addr=new_start, fixed=True, unmap=True, what="mremap"
+    )
+    kept_end = min(old_end, old_addr + new_size)
+    if vseg.end < kept_end:
+        raise syscall_error(_errno.EFAULT, "mremap: old range spans mappings")
+    _check_move(self, vseg, old_addr, old_end, new_size)
+    await finish_shielded(unmap_locked(self, new_start, new_end))
+    if kept_end < old_end:
+        await finish_shielded(unmap_locked(self, kept_end, old_end))
+    found = self._vmas.segs.find(old_addr)
+    assert found is not None, "the checked source is unmapped"
+    return await _move_locked(self, found, old_addr, kept_end, new_start, new_size)
+
+
+def _check_move(
+    self: AddressSpace,
+    vseg: Segment[Vma],
+    old_addr: int,
+    old_end: int,
+    new_size: int,
+) -> None:
+    """Check that ``[old_addr, old_end)`` of ``vseg`` may become ``new_size`` bytes.
+
+    ``RLIMIT_AS`` counts the growth against what is mapped now (as Linux's
+    ``may_expand_vm`` does, before a destination is unmapped); the file
+    offsets of the new range must not overflow.
+    """
     limit = self._limits.address_space
-    if limit is not None and self._vmas.usage_as - old_len + new_len > limit:
+    if (
+        limit is not None
+        and self._vmas.usage_as - (old_end - old_addr) + new_size > limit
+    ):
         raise syscall_error(_errno.ENOMEM, "mremap: RLIMIT_AS")
+    vma = vseg.value
+    if (
+        vma.mappable is not None
+        and vma.offset_at(vseg.start, old_addr) + new_size > U64
+    ):
+        raise syscall_error(_errno.EINVAL, "mremap: offset overflows")
+
+
+async def _move_locked(
+    self: AddressSpace,
+    vseg: Segment[Vma],
+    old_addr: int,
+    old_end: int,
+    new_start: int,
+    new_size: int,
+) -> int:
+    """Move ``[old_addr, old_end)`` of ``vseg`` to the free ``new_start``.
+
+    An empty old range (``old_size`` 0, a shared mapping) is a copy: the
+    same offsets are mapped again. Returns ``new_start``.
+    """
+    new_end = new_start + new_size
+    old_len = old_end - old_addr
     vma = vseg.value
     old_offset = vma.offset_at(vseg.start, old_addr)
     if vma.mappable is not None:
-        if vma.offset + new_len > U64:
-            raise syscall_error(_errno.EINVAL, "mremap: offset overflows")
         await vma.mappable.copy_mapping(
             self,
             AddrRange(old_addr, old_end),
@@ -202,6 +263,8 @@ async def _grow_in_place_locked(
 ) -> None:
     vma = vseg.value
     offset = vma.offset_at(vseg.start, old_end) if vma.mappable is not None else 0
+    if offset + grow > U64:
+        raise syscall_error(_errno.EINVAL, "mremap: offset overflows")
     opts = MMapOpts(
         length=grow,
         mapping_identity=vma.identity,
@@ -225,6 +288,7 @@ async def _grow_in_place_locked(
         vma.mappable,
         vma.identity,
         vma.name,
+        "mremap",
     )
     if vma.mlock_mode is MLockMode.EAGER:
         await populate(self, start, end)

@@ -32,7 +32,13 @@ from aiomemmap.memmap.interfaces import (
     MLockMode,
     MMapOpts,
 )
-from aiomemmap.mm.args import U64, check_addr, round_up, syscall_error
+from aiomemmap.mm.args import (
+    FILE_END_MAX,
+    U64,
+    check_addr,
+    round_up,
+    syscall_error,
+)
 from aiomemmap.mm.io import reached_and_error
 from aiomemmap.mm.options import Advice
 from aiomemmap.mm.vma import Vma, release_identities
@@ -72,8 +78,11 @@ async def create_vma_locked(
     mappable: Mappable | None,
     identity: MappingIdentity | None,
     name: str,
+    what: str = "mmap",
 ) -> tuple[int, int]:
     """Create a vma (gVisor's ``createVMALocked``); return its range.
+
+    ``what`` names the syscall in error messages.
 
     Preconditions: the mapping lock is held for writing; the arguments
     passed ``mmap``'s checks.
@@ -88,6 +97,7 @@ async def create_vma_locked(
             map_32bit=opts.map_32bit,
             private=opts.private,
             grows_down=opts.grows_down,
+            what=what,
         )
     except AddressSpaceError:
         if not (opts.force and opts.unmap and opts.fixed):
@@ -100,17 +110,17 @@ async def create_vma_locked(
         if opts.unmap:
             usage -= self._vmas.segs.span_range(start, end)
         if usage > limit:
-            raise syscall_error(_errno.ENOMEM, "mmap")
+            raise syscall_error(_errno.ENOMEM, f"{what}: RLIMIT_AS")
     if mlock_mode is not MLockMode.NONE:
         memlock = self._limits.memlock
         if memlock is not None:
             if memlock == 0:
-                raise syscall_error(_errno.EPERM, "mmap")
+                raise syscall_error(_errno.EPERM, f"{what}: RLIMIT_MEMLOCK is 0")
             locked = self._vmas.locked_as + length
             if opts.unmap:
                 locked -= self._vmas.locked_bytes(start, end)
             if locked > memlock:
-                raise syscall_error(_errno.EAGAIN, "mmap")
+                raise syscall_error(_errno.EAGAIN, f"{what}: RLIMIT_MEMLOCK")
     if opts.unmap:
         await finish_shielded(unmap_locked(self, start, end))
     private = opts.private
@@ -198,8 +208,9 @@ async def mmap(self: AddressSpace, opts: MMapOpts) -> int:  # noqa: D417
             outside ``[0, 2**64)``.
         AddressSpaceError: In this order: ``EINVAL`` (length 0);
             ``ENOMEM`` (the rounded length overflows); ``EINVAL`` (a
-            file offset not page-aligned); ``EOVERFLOW`` (offset + length
-            overflows); ``EINVAL`` (unaligned ``addr`` with ``fixed``);
+            file offset not page-aligned); ``EOVERFLOW`` (a file mapping
+            reaches past ``2**63 - 1``: offset + rounded length, the
+            largest file); ``EINVAL`` (unaligned ``addr`` with ``fixed``);
             ``EACCES`` (``perms`` beyond ``max_perms``); ``EINVAL``
             (``unmap`` without ``fixed``; ``no_replace`` without ``fixed``
             or with ``unmap``; ``grows_down`` on a file); then from
@@ -243,8 +254,10 @@ async def mmap(self: AddressSpace, opts: MMapOpts) -> int:  # noqa: D417
     if mappable is not None:
         if offset & PAGE_MASK:
             raise syscall_error(_errno.EINVAL, "mmap: offset not page-aligned")
-        if offset + rounded > U64:
-            raise syscall_error(_errno.EOVERFLOW, "mmap: offset + length overflows")
+        if offset + rounded > FILE_END_MAX:
+            raise syscall_error(
+                _errno.EOVERFLOW, "mmap: offset + length is past the largest file"
+            )
     else:
         offset = 0
     if addr & PAGE_MASK:
@@ -502,6 +515,7 @@ async def brk(self: AddressSpace, addr: int) -> int:
                     None,
                     None,
                     "[heap]",
+                    "brk",
                 )
             except AddressSpaceError:
                 return self._brk_end

@@ -339,13 +339,14 @@ class VmaMap:
         map_32bit: bool = False,
         private: bool = False,
         grows_down: bool = False,
+        what: str = "mmap",
     ) -> int:
         """Find where a new mapping of ``length`` bytes goes (gVisor's rules).
 
         The hint ``addr`` is used if the mapping fits there (or, with
         ``unmap``, replaces what is there); otherwise the layout's direction
         decides, with 2 MiB alignment for private mappings whose length is a
-        multiple of it.
+        multiple of it. ``what`` names the syscall in error messages.
 
         Raises:
             AddressSpaceError: ``EEXIST`` (``no_replace`` and the hint is
@@ -366,11 +367,15 @@ class VmaMap:
             if no_replace:
                 if gap is not None and end <= gap.end:
                     return addr
-                raise syscall_error(_errno.EEXIST, "mmap: the range is already mapped")
+                raise syscall_error(
+                    _errno.EEXIST, f"{what}: the range is already mapped"
+                )
             if gap is not None and end <= self._available_end(gap.start, gap.end):
                 return addr
         if fixed:
-            raise syscall_error(_errno.ENOMEM, "mmap: the fixed range is not available")
+            raise syscall_error(
+                _errno.ENOMEM, f"{what}: the fixed range is not available"
+            )
         align = PAGE_SIZE
         if length % HUGE_PAGE_SIZE == 0 and private and not grows_down:
             align = HUGE_PAGE_SIZE
@@ -381,7 +386,7 @@ class VmaMap:
             top = min(hi, layout.top_down_base)
             found = self._search_down(length, align, lo, top)
         if found is None:
-            raise syscall_error(_errno.ENOMEM, "mmap: no room in the address space")
+            raise syscall_error(_errno.ENOMEM, f"{what}: no room in the address space")
         return found
 
     def _available_end(self, gap_start: int, gap_end: int) -> int:

@@ -137,17 +137,19 @@ ERROR_ORDER = IntendedDifference(
     ),
     ours=(
         "checks in gVisor's order: mmap's length 0 (EINVAL), rounding "
-        "overflow (ENOMEM), file offset alignment (EINVAL), offset + length "
-        "overflow (EOVERFLOW), fixed address alignment (EINVAL), then "
-        "placement; mremap's vma at old_addr (EFAULT) before new_addr"
+        "overflow (ENOMEM), file offset alignment (EINVAL), a file mapping "
+        "past the largest file (EOVERFLOW, gVisor's file layer checks it "
+        "before the mapping is placed), fixed address alignment (EINVAL), "
+        "then placement; mremap's vma at old_addr (EFAULT) before new_addr"
     ),
     why="gVisor documents its own order; a call with one error agrees anyway",
     normalisation=(
         "differing errnos count as equal when: both are among an mmap's "
         "argument errors (it has at least two); or the space's is "
-        "EOVERFLOW for a file offset + length past 2**64 and Linux's is "
-        "EEXIST or ENOMEM; or, for MREMAP_FIXED with an unaligned or "
-        "overlapping new_addr, Linux's is EINVAL and the space's EFAULT"
+        "EOVERFLOW for a file offset + rounded length past 2**63 - 1 and "
+        "Linux's is EEXIST or ENOMEM; or, for MREMAP_FIXED with an "
+        "unaligned or overlapping new_addr, Linux's is EINVAL and the "
+        "space's EFAULT"
     ),
 )
 
@@ -178,6 +180,8 @@ INTENDED_DIFFERENCES: tuple[IntendedDifference, ...] = (
 # The largest length the tests expect the kernel to be able to place.
 _PLACEABLE = 1 << 40
 _TASK_SIZE = 0x7FFF_FFFF_F000
+# The farthest a file mapping may reach (MAX_LFS_FILESIZE).
+_FILE_END_MAX = (1 << 63) - 1
 
 
 def _mmap_argument_errors(op: Mmap) -> list[str]:
@@ -188,7 +192,7 @@ def _mmap_argument_errors(op: Mmap) -> list[str]:
         (op.length == 0, "EINVAL"),
         (rounded > _TASK_SIZE, "ENOMEM"),
         (file and op.offset % P != 0, "EINVAL"),
-        (file and op.offset + rounded > (1 << 63) - 1, "EOVERFLOW"),
+        (file and op.offset + rounded > _FILE_END_MAX, "EOVERFLOW"),
         (op.place in ("fixed", "noreplace") and op.addr % P != 0, "EINVAL"),
     )
     return [err for applies, err in checks if applies]
@@ -207,10 +211,10 @@ def explain(op: Op, linux: Any, ours: Any) -> IntendedDifference | None:
         errs = _mmap_argument_errors(op)
         if len(errs) >= 2 and {linux[1], ours[1]} <= set(errs):
             return ERROR_ORDER
-        wraps = op.offset + ((op.length + P - 1) & ~(P - 1)) > 1 << 64
+        too_far = op.offset + ((op.length + P - 1) & ~(P - 1)) > _FILE_END_MAX
         if (
             op.kind in ("fp", "fs")
-            and wraps
+            and too_far
             and ours[1] == "EOVERFLOW"
             and linux[1] in ("EEXIST", "ENOMEM")
         ):
