@@ -16,9 +16,9 @@ from typing import Final
 import aiohttp
 import yarl
 
-from aiomemmap._core.errors import ClosedError
+from aiomemmap._core.errors import ClosedError, StaleVersionError
 from aiomemmap._core.pages import is_int
-from aiomemmap.backings.base import check_offset, writable_byte_view
+from aiomemmap.backings.base import check_offset, check_timeout, writable_byte_view
 
 __all__ = ["HttpBacking"]
 
@@ -28,11 +28,94 @@ _NOT_FOUND_STATUSES: Final[frozenset[int]] = frozenset({404, 410})
 _FORBIDDEN_STATUSES: Final[frozenset[int]] = frozenset({401, 403})
 # Statuses a server uses to refuse HEAD; the size is then asked with a GET.
 _HEAD_REFUSED_STATUSES: Final[frozenset[int]] = frozenset({405, 501})
-# Timeouts of an owned session: no bound on a whole (possibly large) read,
-# but a connection attempt or a silent socket does not hang forever.
-_HTTP_TIMEOUT: Final[aiohttp.ClientTimeout] = aiohttp.ClientTimeout(
-    total=None, sock_connect=30.0, sock_read=60.0
-)
+# The default bound, in seconds, on each wait for the server.
+_DEFAULT_TIMEOUT: Final[float] = 60.0
+
+
+def _client_timeout(seconds: float | None) -> aiohttp.ClientTimeout:
+    """No bound on a whole (possibly large) answer, but on every wait in it.
+
+    Connecting and each wait for more of the answer (its headers, the next
+    bytes of its body) are bounded; waiting for a free connection of the
+    pool is not.
+    """
+    return aiohttp.ClientTimeout(
+        total=None, connect=None, sock_connect=seconds, sock_read=seconds
+    )
+
+
+def _opaque(etag: str) -> str:
+    """Return an entity tag without its weakness mark, for weak comparison."""
+    return etag[2:] if etag.startswith("W/") else etag
+
+
+@typing.final
+class _Pin:
+    """One version of the object, as its answers describe it.
+
+    Attributes:
+        etag: The ``ETag`` as sent (``W/`` prefix kept), or ``None``.
+        modified: The ``Last-Modified`` date as sent, or ``None``.
+        size: The object's size, or ``None`` if the answer did not say.
+    """
+
+    __slots__ = ("etag", "modified", "size")
+
+    def __init__(
+        self, etag: str | None, modified: str | None, size: int | None
+    ) -> None:
+        self.etag = etag
+        self.modified = modified
+        self.size = size
+
+    @classmethod
+    def of(cls, resp: aiohttp.ClientResponse, size: int | None) -> _Pin:
+        return cls(
+            resp.headers.get("ETag") or None,
+            resp.headers.get("Last-Modified") or None,
+            size,
+        )
+
+    @property
+    def token(self) -> str | None:
+        """The version string :meth:`HttpBacking.version` returns."""
+        if self.etag:
+            return f"etag:{self.etag}"
+        if self.modified:
+            return f"last-modified:{self.modified}"
+        return None
+
+    def describe(self) -> str:
+        token = self.token
+        return f"{token or 'no validator'}, size {self.size}"
+
+    def conditions(self) -> dict[str, str]:
+        """Request headers that make the server refuse another version.
+
+        ``If-Match`` with a strong ETag; never with a weak one, which
+        ``If-Match`` (a strong comparison) would always refuse. Without a
+        strong ETag, ``If-Unmodified-Since`` with the modification date.
+        """
+        if self.etag and not self.etag.startswith("W/"):
+            return {"If-Match": self.etag}
+        if self.modified:
+            return {"If-Unmodified-Since": self.modified}
+        return {}
+
+    def differs(self, other: _Pin) -> bool:
+        """Whether ``other`` is known to be another version than this one.
+
+        ETags are compared weakly (as equal opaque tags); the date only when
+        there is no ETag to compare; sizes when both are known.
+        """
+        if self.etag and other.etag:
+            if _opaque(self.etag) != _opaque(other.etag):
+                return True
+        elif self.modified and other.modified and self.modified != other.modified:
+            return True
+        return (
+            self.size is not None and other.size is not None and self.size != other.size
+        )
 
 
 def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
@@ -73,17 +156,43 @@ class HttpBacking:
     ``GET`` of ``Range: bytes=0-0`` instead. The version is the ``ETag``,
     else ``Last-Modified``, else ``None``.
 
+    Versions: reads are tied to the version pinned by the latest
+    :meth:`version` (or, before any, by the first :meth:`size` or
+    :meth:`read_into`): its ``ETag``, ``Last-Modified`` date and size.
+    Each ranged ``GET`` carries ``If-Match`` with a strong ETag, so that a
+    server answers ``412 Precondition Failed`` rather than bytes of another
+    version; with only a weak ETag (which ``If-Match``, a strong
+    comparison, would always refuse) or only a date, it carries
+    ``If-Unmodified-Since`` with the date, if there is one. ``If-Range`` is
+    not used: a server answers its mismatch with the whole new object, to
+    be downloaded and thrown away, where ``If-Match`` answers with a bodyless
+    412. Every answer is checked as well, for servers that ignore the
+    conditions: an ``ETag`` (compared weakly) or, without one, a
+    ``Last-Modified`` other than the pinned one, or a size (the
+    ``Content-Range`` total, or a 200's ``Content-Length``) other than the
+    pinned one, is another version. A 412, another version, or a 416 for a
+    read that starts before the pinned end (the object shrank) raises
+    :class:`~aiomemmap._core.errors.StaleVersionError`; no byte of the
+    answer reaches ``buf``. A server that sends neither ETag nor
+    ``Last-Modified`` is checked by size alone: a same-size change to such
+    a server goes unseen.
+
     Status handling: 206 is checked against the asked start; 416 (a read
-    starting past the end) reads 0 bytes; a 200 (the server ignored
-    ``Range``) is accepted only for a read at offset 0, of which the first
-    ``len(buf)`` bytes are taken and the rest dropped with the connection.
-    404 and 410 raise ``FileNotFoundError``, 401 and 403 ``PermissionError``
-    (each chained to aiohttp's ``ClientResponseError``); any other error
-    status raises ``ClientResponseError`` itself, which
+    starting at or past the pinned end) reads 0 bytes; a 200 (the server
+    ignored ``Range``) is accepted only for a read at offset 0, of which the
+    first ``len(buf)`` bytes are taken and the rest dropped with the
+    connection. 404 and 410 raise ``FileNotFoundError``, 401 and 403
+    ``PermissionError`` (each chained to aiohttp's ``ClientResponseError``);
+    any other error status raises ``ClientResponseError`` itself, which
     :func:`~aiomemmap.backings.base.is_transient` classifies (5xx, 408, 429
-    transient). Requests ask for
-    ``Accept-Encoding: identity`` so that byte ranges address the object's
-    bytes, never a compressed form of them.
+    transient). Requests ask for ``Accept-Encoding: identity`` so that byte
+    ranges address the object's bytes, never a compressed form of them.
+
+    Timeouts: every request, through an owned session or a caller's, bounds
+    each wait for the server (connecting, then each wait for more of the
+    answer) by ``timeout`` seconds, 60 by default; a whole answer that keeps
+    coming is not cut short. Past the bound the call raises
+    ``TimeoutError`` (``ETIMEDOUT``, transient) naming the backing.
 
     Sessions: without ``session=``, the backing owns one
     ``aiohttp.ClientSession`` with a keep-alive ``TCPConnector`` of
@@ -109,6 +218,7 @@ class HttpBacking:
         session: aiohttp.ClientSession | None = None,
         headers: Mapping[str, str] | None = None,
         connections: int = 64,
+        timeout: float | None = _DEFAULT_TIMEOUT,
     ) -> None:
         """Describe the object at ``url``. Does no I/O.
 
@@ -120,11 +230,14 @@ class HttpBacking:
                 ``Authorization``).
             connections: Connection limit of the owned session's pool;
                 ignored with ``session=``.
+            timeout: Seconds any one wait for the server may last;
+                ``None`` waits as long as it takes.
 
         Raises:
             TypeError: An argument has the wrong type.
-            ValueError: ``url`` is not an HTTP(S) URL with a host, or
-                ``connections < 1``.
+            ValueError: ``url`` is not an HTTP(S) URL with a host,
+                ``connections < 1``, or ``timeout`` is not ``None`` or a
+                number ``> 0``.
         """
         if not isinstance(url, str):
             raise TypeError(f"url must be a str, got {url!r}")
@@ -157,8 +270,12 @@ class HttpBacking:
         self._connections = int(connections)
         self._session = session
         self._owns_session = session is None
+        self._timeout = check_timeout(timeout)
+        self._client_timeout = _client_timeout(self._timeout)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._pin: _Pin | None = None
+        self._conditions: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"HttpBacking({self.url!r}, closed={self._closed})"
@@ -184,7 +301,9 @@ class HttpBacking:
         if session is None:
             connector = aiohttp.TCPConnector(limit=self._connections)
             session = aiohttp.ClientSession(
-                connector=connector, timeout=_HTTP_TIMEOUT, auto_decompress=False
+                connector=connector,
+                timeout=self._client_timeout,
+                auto_decompress=False,
             )
             self._session = session
         return session
@@ -212,25 +331,47 @@ class HttpBacking:
         exc.__cause__ = cause
         return exc
 
-    async def _probe(self) -> tuple[int, str | None]:
-        """Return ``(size, version)`` from a HEAD, or a one-byte GET if refused."""
-        session = self._session_here()
-        async with session.request(
-            "HEAD", self._target, headers=self._headers, allow_redirects=True
-        ) as resp:
-            if resp.status < 300:
-                length = resp.content_length
-                if length is not None and length >= 0:
-                    return length, self._version_of(resp)
-            elif resp.status not in _HEAD_REFUSED_STATUSES:
-                raise self._error(resp, "HEAD")
-        return await self._probe_with_get(session)
+    def _timed_out(self, what: str, exc: BaseException) -> TimeoutError:
+        err = TimeoutError(
+            errno.ETIMEDOUT,
+            f"{self!r}: {what} got no answer within {self._timeout:g} s",
+        )
+        err.__cause__ = exc
+        return err
 
-    async def _probe_with_get(
-        self, session: aiohttp.ClientSession
-    ) -> tuple[int, str | None]:
+    def _set_pin(self, pin: _Pin) -> None:
+        self._pin = pin
+        self._conditions = pin.conditions()
+
+    async def _probe(self) -> tuple[int, _Pin]:
+        """Return the object's current size and version.
+
+        A ``HEAD``, or a one-byte ``GET`` if ``HEAD`` is refused.
+        """
+        session = self._session_here()
+        try:
+            async with session.request(
+                "HEAD",
+                self._target,
+                headers=self._headers,
+                allow_redirects=True,
+                timeout=self._client_timeout,
+            ) as resp:
+                if resp.status < 300:
+                    length = resp.content_length
+                    if length is not None and length >= 0:
+                        return length, _Pin.of(resp, length)
+                elif resp.status not in _HEAD_REFUSED_STATUSES:
+                    raise self._error(resp, "HEAD")
+            return await self._probe_with_get(session)
+        except TimeoutError as exc:
+            raise self._timed_out("HEAD", exc) from exc
+
+    async def _probe_with_get(self, session: aiohttp.ClientSession) -> tuple[int, _Pin]:
         headers = {**self._headers, "Range": "bytes=0-0"}
-        async with session.get(self._target, headers=headers) as resp:
+        async with session.get(
+            self._target, headers=headers, timeout=self._client_timeout
+        ) as resp:
             try:
                 if resp.status == 206 or resp.status == 416:
                     _first, total = _parse_content_range(
@@ -250,62 +391,69 @@ class HttpBacking:
                 raise OSError(
                     errno.EIO, f"{self!r}: the server reports no size ({exc})"
                 ) from exc
-            version = self._version_of(resp)
+            pin = _Pin.of(resp, size)
             # Drop the body (one byte, or all of it if Range was ignored).
             resp.close()
-            return size, version
-
-    @staticmethod
-    def _version_of(resp: aiohttp.ClientResponse) -> str | None:
-        etag = resp.headers.get("ETag")
-        if etag:
-            return f"etag:{etag}"
-        modified = resp.headers.get("Last-Modified")
-        if modified:
-            return f"last-modified:{modified}"
-        return None
+            return size, pin
 
     async def size(self) -> int:
         """Return the object's size from a ``HEAD`` (or a one-byte ``GET``).
+
+        Pins the version seen if none is pinned yet.
 
         Raises:
             FileNotFoundError: HTTP 404 or 410.
             PermissionError: HTTP 401 or 403.
             aiohttp.ClientResponseError: Another error status.
+            TimeoutError: The server did not answer within ``timeout``.
             OSError: The server reports no size, or the connection failed.
             ClosedError: The backing was closed.
             RuntimeError: Called from another event loop than the first call.
         """
-        size, _version = await self._probe()
+        size, pin = await self._probe()
+        if self._pin is None:
+            self._set_pin(pin)
         return size
 
     async def version(self) -> str | None:
         """Return ``"etag:<ETag>"``, else ``"last-modified:<date>"``, else ``None``.
 
+        Pins the version returned (with its size): later reads are tied to
+        it.
+
         Raises:
             FileNotFoundError: HTTP 404 or 410.
             PermissionError: HTTP 401 or 403.
             aiohttp.ClientResponseError: Another error status.
+            TimeoutError: The server did not answer within ``timeout``.
             OSError: The connection failed.
             ClosedError: The backing was closed.
             RuntimeError: Called from another event loop than the first call.
         """
-        _size, version = await self._probe()
-        return version
+        _size, pin = await self._probe()
+        self._set_pin(pin)
+        return pin.token
 
     async def read_into(self, offset: int, buf: memoryview) -> int:
         """Read ``[offset, offset + len(buf))`` with one ranged ``GET``.
 
+        The request carries the pinned version's condition (see the class
+        docstring) and the answer is checked against it.
+
         Returns:
             Bytes copied into ``buf``: short if the body ended early (the
             object's end, or a cut connection;
-            :func:`~aiomemmap.backings.base.read_fully` goes on), 0 past the
-            end.
+            :func:`~aiomemmap.backings.base.read_fully` goes on), 0 at or
+            past the pinned end.
 
         Raises:
+            StaleVersionError: The server refused the condition (412) or
+                answered with another version, or the object shrank below
+                ``offset``; ``buf`` is not touched.
             FileNotFoundError: HTTP 404 or 410.
             PermissionError: HTTP 401 or 403.
             aiohttp.ClientResponseError: Another error status.
+            TimeoutError: The server did not answer within ``timeout``.
             OSError: ``EIO`` if the server answered another range than asked,
                 or ignored ``Range`` for a read not at offset 0; other
                 connection failures.
@@ -324,74 +472,143 @@ class HttpBacking:
         want = len(view)
         if want == 0:
             return 0
-        headers = {**self._headers, "Range": f"bytes={offset}-{offset + want - 1}"}
-        async with session.get(self._target, headers=headers) as resp:
-            status = resp.status
-            if status == 416:
-                resp.release()
-                return 0
-            if status != 206 and status != 200:
-                raise self._error(resp, "GET")
-            if status == 206:
-                try:
-                    first, _total = _parse_content_range(
-                        resp.headers.get("Content-Range")
-                    )
-                except ValueError as exc:
-                    resp.close()
-                    raise OSError(errno.EIO, f"{self!r}: {exc}") from exc
-                if first != offset:
-                    resp.close()
-                    raise OSError(
-                        errno.EIO,
-                        f"{self!r}: asked for bytes from {offset}, the server "
-                        f"sent a range from {first}",
-                    )
-            elif offset != 0:
+        pin = self._pin
+        headers = {
+            **self._headers,
+            **self._conditions,
+            "Range": f"bytes={offset}-{offset + want - 1}",
+        }
+        try:
+            async with session.get(
+                self._target, headers=headers, timeout=self._client_timeout
+            ) as resp:
+                return await self._receive(resp, pin, offset, view)
+        except TimeoutError as exc:
+            raise self._timed_out(f"GET at {offset}", exc) from exc
+
+    async def _receive(
+        self,
+        resp: aiohttp.ClientResponse,
+        pin: _Pin | None,
+        offset: int,
+        view: memoryview,
+    ) -> int:
+        """Check the answer to a ranged ``GET`` and copy its body into ``view``."""
+        want = len(view)
+        status = resp.status
+        if status == 412:
+            resp.release()
+            raise self._stale(pin, _Pin.of(resp, None), offset, "refused (412)")
+        if status == 416:
+            try:
+                _first, total = _parse_content_range(resp.headers.get("Content-Range"))
+            except ValueError:
+                total = None
+            resp.release()
+            self._check_version(pin, _Pin.of(resp, total), offset)
+            ref = pin if pin is not None else self._pin
+            if ref is not None and ref.size is not None and offset < ref.size:
+                raise self._stale(ref, _Pin.of(resp, total), offset, "shrank")
+            return 0
+        if status != 206 and status != 200:
+            raise self._error(resp, "GET")
+        if status == 206:
+            try:
+                first, total = _parse_content_range(resp.headers.get("Content-Range"))
+            except ValueError as exc:
                 resp.close()
+                raise OSError(errno.EIO, f"{self!r}: {exc}") from exc
+            if first != offset:
+                resp.close()
+                raise OSError(
+                    errno.EIO,
+                    f"{self!r}: asked for bytes from {offset}, the server "
+                    f"sent a range from {first}",
+                )
+        else:
+            total = resp.content_length
+            if offset != 0:
+                resp.close()
+                if pin is not None and pin.differs(_Pin.of(resp, total)):
+                    raise self._stale(pin, _Pin.of(resp, total), offset, "changed")
                 raise OSError(
                     errno.EIO,
                     f"{self!r}: the server ignored the byte range of a read at "
                     f"{offset} and sent the whole object",
                 )
-            done = 0
-            try:
-                content = resp.content
-                while done < want:
-                    chunk = await content.readany()
-                    if not chunk:
-                        break
-                    n = len(chunk)
-                    if n > want - done:
-                        if status == 206:
-                            raise OSError(
-                                errno.EIO,
-                                f"{self!r}: asked for {want} bytes at {offset}, "
-                                "the server sent more",
-                            )
-                        n = want - done
-                        view[done:want] = memoryview(chunk)[:n]
-                    else:
-                        view[done : done + n] = chunk
-                    done += n
-                # A 206 body must end here; anything more is a broken range.
-                if (
-                    status == 206
-                    and done == want
-                    and not content.at_eof()
-                    and await content.readany()
-                ):
-                    raise OSError(
-                        errno.EIO,
-                        f"{self!r}: asked for {want} bytes at {offset}, "
-                        "the server sent more",
-                    )
-            except BaseException:
-                resp.close()
-                raise
-            if status == 200 and not content.at_eof():
-                resp.close()
-            return done
+        try:
+            self._check_version(pin, _Pin.of(resp, total), offset)
+        except BaseException:
+            resp.close()
+            raise
+        done = 0
+        try:
+            content = resp.content
+            while done < want:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                n = len(chunk)
+                if n > want - done:
+                    if status == 206:
+                        raise OSError(
+                            errno.EIO,
+                            f"{self!r}: asked for {want} bytes at {offset}, "
+                            "the server sent more",
+                        )
+                    n = want - done
+                    view[done:want] = memoryview(chunk)[:n]
+                else:
+                    view[done : done + n] = chunk
+                done += n
+            # A 206 body must end here; anything more is a broken range.
+            if (
+                status == 206
+                and done == want
+                and not content.at_eof()
+                and await content.readany()
+            ):
+                raise OSError(
+                    errno.EIO,
+                    f"{self!r}: asked for {want} bytes at {offset}, "
+                    "the server sent more",
+                )
+        except BaseException:
+            resp.close()
+            raise
+        if status == 200 and not content.at_eof():
+            resp.close()
+        return done
+
+    def _check_version(self, pin: _Pin | None, seen: _Pin, offset: int) -> None:
+        """Raise if ``seen`` is not the pinned version; pin it if none is.
+
+        ``pin`` is the version the request was tied to, ``None`` if none
+        was pinned when it was sent; the check is then against whatever a
+        concurrent first call has pinned since.
+
+        Raises:
+            StaleVersionError: ``seen`` is another version.
+        """
+        ref = pin if pin is not None else self._pin
+        if ref is None:
+            if seen.etag or seen.modified or seen.size is not None:
+                self._set_pin(seen)
+        elif ref.differs(seen):
+            raise self._stale(ref, seen, offset, "changed")
+
+    def _stale(
+        self, pin: _Pin | None, seen: _Pin, offset: int, how: str
+    ) -> StaleVersionError:
+        expected = None if pin is None else pin.describe()
+        said = seen.etag or seen.modified or seen.size is not None
+        found = seen.describe() if said else None
+        return StaleVersionError(
+            f"{self!r}: the object {how} under a read at {offset}: "
+            f"pinned {expected}, the server answered {found or 'without saying'}",
+            expected=None if pin is None else pin.token,
+            found=seen.token,
+        )
 
     async def write_from(self, offset: int, data: memoryview) -> int:
         """Refuse: an HTTP object is read-only.

@@ -3,9 +3,12 @@
 :class:`RangeHTTPServer` serves named byte strings on 127.0.0.1 for tests,
 benchmarks, the demo and the examples: ``GET`` and ``HEAD``, single
 ``Range: bytes=`` requests (``206`` with ``Content-Range``, ``416`` past the
-end), ``ETag``, ``Content-Length`` and ``Accept-Ranges``, plus injected
-latency and server errors. Every request does a bounded amount of work: one
-lookup, one optional sleep, one response.
+end), ``ETag``, ``Last-Modified``, ``Content-Length`` and ``Accept-Ranges``,
+the conditions ``If-Match``, ``If-Unmodified-Since`` and ``If-Range`` as
+RFC 9110 orders them, plus injected latency and server errors. It can also
+play a less capable server: weak ETags or none, no ``Last-Modified``,
+conditions ignored. Every request does a bounded amount of work: one lookup,
+one optional sleep, one response.
 
 It is a public tool, imported as
 ``from aiomemmap.tools.http_server import RangeHTTPServer`` (it needs
@@ -16,8 +19,11 @@ try an HTTP-backed :class:`~aiomemmap.CachedFile` without a real server.
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import hashlib
 import re
 import typing
+from datetime import datetime
 from types import TracebackType
 
 from aiohttp import web
@@ -28,15 +34,47 @@ __all__ = ["RangeHTTPServer"]
 
 _UNSATISFIABLE: typing.Final[tuple[int, int]] = (-1, -1)
 _RANGE_RE: typing.Final = re.compile(r"^bytes=(\d*)-(\d*)$")
+# The modification time of generation 0; each new version is a second later,
+# so that versions are told apart by their HTTP dates (whole seconds).
+_EPOCH: typing.Final[int] = 1_700_000_000
+_ETAG_MODES: typing.Final[frozenset[str]] = frozenset({"strong", "weak", "none"})
 
 
 @typing.final
 class _Object:
-    __slots__ = ("data", "etag")
+    __slots__ = ("data", "etag", "modified")
 
-    def __init__(self, data: bytes, etag: str) -> None:
+    def __init__(self, data: bytes, generation: int) -> None:
         self.data = data
-        self.etag = etag
+        # Derived from the bytes, as S3's is: the same bytes, the same tag.
+        self.etag = f'"{hashlib.blake2b(data, digest_size=16).hexdigest()}"'
+        self.modified = _EPOCH + generation
+
+
+def _http_date(seconds: int) -> str:
+    return email.utils.formatdate(seconds, usegmt=True)
+
+
+def _parse_http_date(value: str) -> int | None:
+    try:
+        when: datetime = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return int(when.timestamp())
+
+
+def _strong_match(header: str, etag: str | None) -> bool:
+    """Whether an ``If-Match``-style list names ``etag`` (strong comparison).
+
+    A weak tag, on either side, never matches; ``*`` matches any object.
+    """
+    for item in header.split(","):
+        tag = item.strip()
+        if tag == "*":
+            return True
+        if etag is not None and not etag.startswith("W/") and tag == etag:
+            return True
+    return False
 
 
 def _check_name(name: object) -> str:
@@ -63,12 +101,26 @@ class RangeHTTPServer:
             srv.add("blob", b"...")
             url = srv.url("blob")
 
+    Every version of an object (each :meth:`add` or :meth:`replace`) has a
+    ``Last-Modified`` date of its own, a second after the previous
+    version's, and an ETag derived from its bytes (as S3's is): other bytes,
+    another ETag; the same bytes served again, the same ETag.
+
     Attributes:
         latency: Seconds slept before answering each request; may be changed
-            while the server runs.
+            while the server runs (a large value makes a server that hangs).
+        etags: ``"strong"`` (the default), ``"weak"`` (``W/``-prefixed, as a
+            server that compresses or rewrites bodies sends) or ``"none"``.
+        last_modified: Whether ``Last-Modified`` is sent.
+        conditionals: Whether ``If-Match``, ``If-Unmodified-Since`` and
+            ``If-Range`` are honoured; ``False`` plays a server that ignores
+            them.
         requests: Requests answered (including injected failures).
         range_requests: Requests that carried a ``Range`` header.
         bytes_sent: Body bytes sent.
+        precondition_failures: Requests answered 412.
+        full_answers_to_if_range: Ranged requests answered in full (200)
+            because their ``If-Range`` did not match.
 
     Concurrency:
         task-safe; objects may be added, replaced and removed while serving.
@@ -90,9 +142,14 @@ class RangeHTTPServer:
         if latency < 0:
             raise ValueError(f"latency must be >= 0, got {latency!r}")
         self.latency = float(latency)
+        self._etags = "strong"
+        self.last_modified = True
+        self.conditionals = True
         self.requests = 0
         self.range_requests = 0
         self.bytes_sent = 0
+        self.precondition_failures = 0
+        self.full_answers_to_if_range = 0
         self._objects: dict[str, _Object] = {}
         self._generation = 0
         self._fail_count = 0
@@ -120,9 +177,9 @@ class RangeHTTPServer:
         """
         return f"http://127.0.0.1:{self.port}/{_check_name(name)}"
 
-    def _new_etag(self) -> str:
+    def _new_version(self, data: bytes) -> _Object:
         self._generation += 1
-        return f'"g{self._generation}"'
+        return _Object(data, self._generation)
 
     def add(self, name: str, data: bytes | bytearray) -> None:
         """Serve ``data`` as ``name``.
@@ -133,10 +190,13 @@ class RangeHTTPServer:
         name = _check_name(name)
         if name in self._objects:
             raise ValueError(f"object {name!r} already exists; use replace()")
-        self._objects[name] = _Object(_check_data(data), self._new_etag())
+        self._objects[name] = self._new_version(_check_data(data))
 
     def replace(self, name: str, data: bytes | bytearray) -> None:
-        """Serve ``data`` as ``name`` from now on, with a new ETag.
+        """Serve ``data`` as ``name`` from now on, as a new version.
+
+        The new version has a later ``Last-Modified`` and, unless ``data``
+        is what was served, a new ETag.
 
         Raises:
             KeyError: ``name`` is not served.
@@ -144,7 +204,7 @@ class RangeHTTPServer:
         name = _check_name(name)
         if name not in self._objects:
             raise KeyError(name)
-        self._objects[name] = _Object(_check_data(data), self._new_etag())
+        self._objects[name] = self._new_version(_check_data(data))
 
     def remove(self, name: str) -> None:
         """Stop serving ``name`` (later requests get 404).
@@ -154,13 +214,43 @@ class RangeHTTPServer:
         """
         del self._objects[_check_name(name)]
 
-    def etag(self, name: str) -> str:
-        """Return the current ETag of ``name`` (quoted, as sent).
+    def etag(self, name: str) -> str | None:
+        """Return the current ETag of ``name`` as sent, or ``None`` if none is.
 
         Raises:
             KeyError: ``name`` is not served.
         """
-        return self._objects[_check_name(name)].etag
+        return self._etag_of(self._objects[_check_name(name)])
+
+    def modified(self, name: str) -> str:
+        """Return the ``Last-Modified`` date of ``name``'s current version.
+
+        Raises:
+            KeyError: ``name`` is not served.
+        """
+        return _http_date(self._objects[_check_name(name)].modified)
+
+    @property
+    def etags(self) -> str:
+        """How ETags are sent: ``"strong"``, ``"weak"`` or ``"none"``.
+
+        Raises:
+            ValueError: Set to another value.
+        """
+        return self._etags
+
+    @etags.setter
+    def etags(self, mode: str) -> None:
+        if mode not in _ETAG_MODES:
+            raise ValueError(
+                f"etags must be one of {sorted(_ETAG_MODES)}, got {mode!r}"
+            )
+        self._etags = mode
+
+    def _etag_of(self, obj: _Object) -> str | None:
+        if self._etags == "none":
+            return None
+        return obj.etag if self._etags == "strong" else f"W/{obj.etag}"
 
     def fail_next(self, n: int, status: int = 503) -> None:
         """Answer the next ``n`` requests with ``status`` and no body.
@@ -235,11 +325,19 @@ class RangeHTTPServer:
         obj = self._objects.get(request.match_info["name"])
         if obj is None:
             return web.Response(status=404)
+        etag = self._etag_of(obj)
         size = len(obj.data)
-        headers = {"ETag": obj.etag, "Accept-Ranges": "bytes"}
+        headers = {"Accept-Ranges": "bytes"}
+        if etag is not None:
+            headers["ETag"] = etag
+        if self.last_modified:
+            headers["Last-Modified"] = _http_date(obj.modified)
+        if self.conditionals and self._precondition_fails(request, obj, etag):
+            self.precondition_failures += 1
+            return web.Response(status=412, headers=headers)
         status = 200
         start, end = 0, size
-        if range_header is not None:
+        if range_header is not None and self._range_applies(request, obj, etag):
             parsed = _parse_range(range_header, size)
             if parsed == _UNSATISFIABLE:
                 headers["Content-Range"] = f"bytes */{size}"
@@ -259,6 +357,39 @@ class RangeHTTPServer:
             headers=headers,
             content_type="application/octet-stream",
         )
+
+    def _precondition_fails(
+        self, request: web.Request, obj: _Object, etag: str | None
+    ) -> bool:
+        """``If-Match``, else ``If-Unmodified-Since`` (RFC 9110, 13.2.2)."""
+        if_match = request.headers.get("If-Match")
+        if if_match is not None:
+            return not _strong_match(if_match, etag)
+        since = request.headers.get("If-Unmodified-Since")
+        if since is not None and self.last_modified:
+            when = _parse_http_date(since)
+            return when is not None and obj.modified > when
+        return False
+
+    def _range_applies(
+        self, request: web.Request, obj: _Object, etag: str | None
+    ) -> bool:
+        """Whether ``Range`` is honoured: ``If-Range``, if any, must match.
+
+        An entity tag matches only strongly; a date only if it is exactly
+        the ``Last-Modified`` date. A mismatch means the whole object.
+        """
+        if_range = request.headers.get("If-Range")
+        if if_range is None or not self.conditionals:
+            return True
+        if_range = if_range.strip()
+        if if_range.startswith(('"', "W/")):
+            ok = _strong_match(if_range, etag) and if_range != "*"
+        else:
+            ok = self.last_modified and _parse_http_date(if_range) == obj.modified
+        if not ok:
+            self.full_answers_to_if_range += 1
+        return ok
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:
