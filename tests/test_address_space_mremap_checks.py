@@ -109,6 +109,21 @@ async def test_mremap_of_shared_memory_with_old_size_0_copies_it(
         asp.check_invariants()
 
 
+async def test_mremap_copy_onto_its_own_address_unmaps_it_then_faults(
+    mf: MemoryFile,
+) -> None:
+    """A copy (old_size 0) to a destination that covers ``old_addr``: Linux
+    unmaps the destination first, then finds nothing to copy."""
+    async with AddressSpace(mf, layout=LAYOUT) as asp:
+        await asp.mmap(MMapOpts(3 * P, private=False, addr=BASE, fixed=True))
+        with pytest.raises(AddressSpaceError) as info:
+            await asp.mremap(BASE + P, 0, P, move=MUST_MOVE, new_addr=BASE + P)
+        assert info.value.errno == errno.EFAULT
+        assert asp.statistics().usage_as == 2 * P
+        assert len(asp.maps().splitlines()) == 2 + 1  # two pieces, [vsyscall]
+        asp.check_invariants()
+
+
 async def test_failed_mremap_fixed_leaves_its_destination_mapped(
     mf: MemoryFile,
 ) -> None:

@@ -55,7 +55,9 @@ async def mremap(
     (private data included) to the new addresses; a copy maps the same
     offsets again. ``MUST_MOVE`` checks everything before it unmaps the
     destination (and, when shrinking, the old range's tail), so when it
-    fails nothing has changed.
+    fails nothing has changed; as in Linux, the one exception is a copy
+    whose destination covers ``old_addr``: the destination is unmapped,
+    then there is nothing to copy (``EFAULT``).
 
     Raises:
         TypeError: An argument has the wrong type.
@@ -150,8 +152,9 @@ async def _move_to_locked(
     """``MUST_MOVE``: move (or copy) to ``new_addr``, replacing what is there.
 
     Everything is checked before anything is unmapped, as Linux does, so a
-    failing call changes nothing. Then the destination is unmapped, and a
-    shrinking move unmaps the old range's tail, before the rest moves.
+    failing call changes nothing (except a copy whose destination covers
+    ``old_addr``). Then the destination is unmapped, and a shrinking move
+    unmaps the old range's tail, before the rest moves.
     """
     if new_addr & PAGE_MASK:
         raise syscall_error(_errno.EINVAL, "mremap: new_addr not page-aligned")
@@ -171,7 +174,10 @@ async def _move_to_locked(
     if kept_end < old_end:
         await finish_shielded(unmap_locked(self, kept_end, old_end))
     found = self._vmas.segs.find(old_addr)
-    assert found is not None, "the checked source is unmapped"
+    if found is None:
+        # A copy (old_size 0) whose destination covered old_addr: Linux
+        # too unmaps the destination, then finds nothing to copy.
+        raise syscall_error(_errno.EFAULT, "mremap: nothing mapped at old_addr")
     return await _move_locked(self, found, old_addr, kept_end, new_start, new_size)
 
 
