@@ -335,6 +335,7 @@ async def test_fsspec_http_missing_is_permanent_but_503_is_transient() -> None:
             with pytest.raises(aiohttp.ClientResponseError) as info2:
                 await b.size()
             assert is_transient(info2.value)
+            assert await b.size() == len(DATA)  # pins the version read below
             srv.fail_next(1, 500)
             with pytest.raises(aiohttp.ClientResponseError) as info3:
                 await read(b, 0, 10)

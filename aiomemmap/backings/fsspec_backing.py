@@ -10,21 +10,26 @@ import asyncio
 import errno
 import sys
 import typing
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
 
 import fsspec
+import fsspec.asyn
 
-from aiomemmap._core.errors import ClosedError
+from aiomemmap._core.errors import ClosedError, StaleVersionError
 from aiomemmap._core.pages import is_int
 from aiomemmap.backings.base import (
     byte_view,
     check_offset,
     check_size,
+    check_timeout,
     exception_chain,
     http_status,
     is_transient,
+    within,
 )
+
+_T = TypeVar("_T")
 
 __all__ = ["FsspecBacking"]
 
@@ -65,6 +70,65 @@ def _unwrap_info_error(exc: Exception) -> Exception:
     ):
         return cause
     return exc
+
+
+def _is_precondition_failed(exc: BaseException) -> bool:
+    """Return whether ``exc`` says a condition of the request did not hold."""
+    for link in exception_chain(exc):
+        if http_status(link) == 412:
+            return True
+        response = getattr(link, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error")
+            if isinstance(error, dict) and error.get("Code") == "PreconditionFailed":
+                return True
+    return False
+
+
+def _class_in(fs: object, module: str, name: str) -> bool:
+    """Whether ``fs`` is an instance of ``module.name``, if that is loaded."""
+    cls = getattr(sys.modules.get(module), name, None)
+    return isinstance(cls, type) and isinstance(fs, cls)
+
+
+@typing.final
+class _Pin:
+    """One version of the object, as ``info()`` describes it.
+
+    Attributes:
+        token: The version string (as :meth:`FsspecBacking.version` returns
+            it, before the local write count), or ``None``.
+        size: The object's size, or ``None``.
+        etag: The ETag, if ``info()`` has one.
+        version_id: The S3 ``VersionId``, if ``info()`` has one.
+    """
+
+    __slots__ = ("etag", "size", "token", "version_id")
+
+    def __init__(self, info: dict[str, object]) -> None:
+        size = info.get("size")
+        self.size = int(size) if is_int(size) and isinstance(size, int) else None
+        self.etag: str | None = None
+        for key in _ETAG_KEYS:
+            value = info.get(key)
+            if value not in (None, ""):
+                self.etag = str(value)
+                break
+        token = None if self.etag is None else f"etag:{self.etag}"
+        if token is None:
+            for key in _MTIME_KEYS:
+                value = info.get(key)
+                if value not in (None, ""):
+                    token = f"mtime:{value}:size:{size}"
+                    break
+        if token is None and self.size is not None:
+            token = f"size:{self.size}"
+        self.token = token
+        version_id = info.get("VersionId")
+        self.version_id = version_id if isinstance(version_id, str) else None
+
+    def differs(self, other: _Pin) -> bool:
+        return self.token != other.token or self.size != other.size
 
 
 def _is_range_not_satisfiable(exc: BaseException) -> bool:
@@ -126,6 +190,37 @@ class FsspecBacking:
     through this backing also add a local write count, so they change the
     version even when the storage's clock is coarse.
 
+    Reads are tied to the version pinned by the latest :meth:`version` (or,
+    before any, by the first :meth:`size` or :meth:`read_into`), as well as
+    the store allows:
+
+    * s3fs with ``version_aware=True`` on a versioned bucket: every read
+      asks for the pinned ``VersionId``, so it returns that version's bytes
+      even after the object was overwritten (until the version is deleted).
+    * s3fs otherwise: every read is a ``GetObject`` with ``IfMatch`` of the
+      pinned ETag; a ``412 PreconditionFailed``, or an answer whose ETag or
+      ``Content-Range`` total is not the pinned one, is another version.
+    * fsspec's HTTP filesystem with a strong ETag: every read carries
+      ``If-Match``, and a 412 is another version. A server that ignores
+      ``If-Match`` goes unchecked.
+    * Any other filesystem (memory, local, gcsfs, ...): after each read,
+      ``info()`` is asked again (one more round trip per read) and a
+      version or size other than the pinned one is another version. The
+      check is as good as the store's ``info()``: a store that reports
+      only a size misses same-size changes; one that reports nothing
+      versioned checks nothing.
+
+    Another version raises
+    :class:`~aiomemmap._core.errors.StaleVersionError`, as does a "range
+    not satisfiable" for a read that starts before the pinned end (the
+    object shrank); no byte of it reaches ``buf``.
+
+    Timeouts: each call to the filesystem (``info``, one ranged read, one
+    whole-object read or upload of a rewrite) is bounded by ``timeout``
+    seconds, 60 by default, and raises ``TimeoutError`` (``ETIMEDOUT``,
+    transient) past it. A call that runs in a worker thread cannot be
+    interrupted: it is abandoned and finishes in the background.
+
     Attributes:
         readonly: Whether writes raise ``PermissionError``.
         path: The object's path within ``fs``.
@@ -143,6 +238,7 @@ class FsspecBacking:
         *,
         readonly: bool | None = None,
         block_size_hint: int | None = None,
+        timeout: float | None = 60.0,
     ) -> None:
         """Wrap ``path`` on ``fs``. Does no I/O.
 
@@ -153,10 +249,13 @@ class FsspecBacking:
             readonly: Force read-only (``True``) or writable (``False``);
                 ``None`` picks writable for sync memory/local filesystems.
             block_size_hint: Preferred request size in bytes.
+            timeout: Seconds one call to the filesystem may take; ``None``
+                waits as long as it takes.
 
         Raises:
             TypeError: ``fs`` is not an fsspec filesystem or ``path`` not a str.
-            ValueError: ``block_size_hint`` is not positive.
+            ValueError: ``block_size_hint`` is not positive, or ``timeout``
+                not ``None`` or a number ``> 0``.
         """
         if not isinstance(fs, fsspec.AbstractFileSystem):
             raise TypeError(f"fs must be an fsspec filesystem, got {fs!r}")
@@ -183,6 +282,10 @@ class FsspecBacking:
         self._writes = 0
         self._closed = False
         self._owns_fs = False
+        self._timeout = check_timeout(timeout)
+        self._pin: _Pin | None = None
+        self._s3 = _class_in(fs, "s3fs", "S3FileSystem")
+        self._http = _class_in(fs, "fsspec.implementations.http", "HTTPFileSystem")
 
     def __repr__(self) -> str:
         return (
@@ -209,15 +312,22 @@ class FsspecBacking:
                     "ran on"
                 )
 
+    async def _call(
+        self, what: str, native: Callable[[], Awaitable[_T]], sync: Callable[[], _T]
+    ) -> _T:
+        """Run one filesystem call the way it must run, within the time limit."""
+        if self._native:
+            return await within(self._timeout, native(), self, what)
+        return await within(self._timeout, asyncio.to_thread(sync), self, what)
+
     async def _info(self) -> dict[str, object]:
         self._check_open()
         fs = self._fs
         fs.invalidate_cache(self.path)
         try:
-            if self._native:
-                info = await fs._info(self.path)
-            else:
-                info = await asyncio.to_thread(fs.info, self.path)
+            info = await self._call(
+                "info()", lambda: fs._info(self.path), lambda: fs.info(self.path)
+            )
         except Exception as exc:
             unwrapped = _unwrap_info_error(exc)
             if unwrapped is exc:
@@ -229,29 +339,34 @@ class FsspecBacking:
             raise IsADirectoryError(errno.EISDIR, f"is a directory: {self.path!r}")
         return info
 
-    async def _cat(self, start: int | None, end: int | None) -> bytes:
+    async def _cat(self, start: int | None, end: int | None, **kwargs: object) -> bytes:
         fs = self._fs
-        if self._native:
-            data = await fs._cat_file(self.path, start=start, end=end)
-        else:
-            data = await asyncio.to_thread(fs.cat_file, self.path, start, end)
+        data = await self._call(
+            f"a read of [{start}, {end})",
+            lambda: fs._cat_file(self.path, start=start, end=end, **kwargs),
+            lambda: fs.cat_file(self.path, start=start, end=end, **kwargs),
+        )
         if not isinstance(data, bytes | bytearray):
             raise OSError(errno.EIO, f"{self!r}: cat_file returned {type(data)!r}")
         return bytes(data)
 
     async def _pipe(self, data: bytes) -> None:
         fs = self._fs
-        if self._native:
-            await fs._pipe_file(self.path, data)
-        else:
-            await asyncio.to_thread(fs.pipe_file, self.path, data)
+        await self._call(
+            "an upload",
+            lambda: fs._pipe_file(self.path, data),
+            lambda: fs.pipe_file(self.path, data),
+        )
         fs.invalidate_cache(self.path)
 
     async def size(self) -> int:
         """Return ``info()["size"]``, asking the storage each time.
 
+        Pins the version seen if none is pinned yet.
+
         Raises:
             FileNotFoundError: The object does not exist.
+            TimeoutError: The storage did not answer within ``timeout``.
             OSError: The storage could not be asked, or reports no size.
             ClosedError: The backing was closed.
         """
@@ -259,16 +374,24 @@ class FsspecBacking:
         size = info.get("size")
         if not is_int(size) or not isinstance(size, int) or size < 0:
             raise OSError(errno.EIO, f"{self!r}: storage reports no size ({size!r})")
+        if self._pin is None:
+            self._pin = _Pin(info)
         return size
 
     async def read_into(self, offset: int, buf: memoryview) -> int:
         """Read ``[offset, offset + len(buf))`` with one ranged request.
 
+        Tied to the pinned version as the class docstring describes; the
+        first read of a backing with nothing pinned asks ``info()`` first.
+
         Returns:
             Bytes read; short at the end of the object, 0 past it.
 
         Raises:
+            StaleVersionError: The object is no longer the pinned version,
+                or shrank below ``offset``; ``buf`` is not touched.
             FileNotFoundError: The object does not exist.
+            TimeoutError: The storage did not answer within ``timeout``.
             OSError: The read failed, or the storage returned more than asked.
             ClosedError: The backing was closed.
 
@@ -281,12 +404,23 @@ class FsspecBacking:
         n = len(view)
         if n == 0:
             return 0
+        pin = self._pin
+        if pin is None:
+            pin = _Pin(await self._info())
+            if self._pin is None:
+                self._pin = pin
         try:
-            data = await self._cat(offset, offset + n)
-        except Exception as exc:
-            if _is_range_not_satisfiable(exc):
-                return 0
+            data = await self._read_pinned(pin, offset, offset + n)
+        except StaleVersionError:
             raise
+        except Exception as exc:
+            if _is_precondition_failed(exc):
+                raise self._stale(pin, None, offset, "refused the condition") from exc
+            if not _is_range_not_satisfiable(exc):
+                raise
+            if pin.size is not None and offset < pin.size:
+                raise self._stale(pin, None, offset, "shrank") from exc
+            return 0
         if len(data) > n:
             raise OSError(
                 errno.EIO,
@@ -295,6 +429,79 @@ class FsspecBacking:
             )
         view[: len(data)] = data
         return len(data)
+
+    async def _read_pinned(self, pin: _Pin, start: int, end: int) -> bytes:
+        """Read ``[start, end)`` of the pinned version, or raise.
+
+        Raises:
+            StaleVersionError: The answer came from another version.
+            Exception: What the filesystem raised (a 412 among them).
+        """
+        if self._s3 and pin.version_id is not None and self._fs.version_aware:
+            return await self._cat(start, end, version_id=pin.version_id)
+        if self._s3 and pin.etag is not None:
+            return await self._s3_read(pin, start, end)
+        if self._http and pin.etag is not None and not pin.etag.startswith("W/"):
+            return await self._cat(start, end, headers={"If-Match": pin.etag})
+        data = await self._cat(start, end)
+        seen = _Pin(await self._info())
+        if pin.differs(seen):
+            raise self._stale(pin, seen, start, "changed")
+        return data
+
+    async def _s3_read(self, pin: _Pin, start: int, end: int) -> bytes:
+        """A ranged ``GetObject`` with ``IfMatch`` of the pinned ETag."""
+        fs = self._fs
+        bucket, key, _version = fs.split_path(self.path)
+
+        async def get() -> tuple[bytes, object, object]:
+            resp = await fs._call_s3(
+                "get_object",
+                Bucket=bucket,
+                Key=key,
+                Range=f"bytes={start}-{end - 1}",
+                IfMatch=pin.etag,
+            )
+            try:
+                data = await resp["Body"].read()
+            finally:
+                resp["Body"].close()
+            return data, resp.get("ETag"), resp.get("ContentRange")
+
+        data, etag, content_range = await self._call(
+            f"a read of [{start}, {end})",
+            get,
+            lambda: fsspec.asyn.sync(fs.loop, get),
+        )
+        total: int | None = None
+        if isinstance(content_range, str) and "/" in content_range:
+            text = content_range.rpartition("/")[2]
+            total = int(text) if text.isdigit() else None
+        if (etag is not None and etag != pin.etag) or (
+            total is not None and pin.size is not None and total != pin.size
+        ):
+            raise StaleVersionError(
+                f"{self!r}: the object changed under a read at {start}: "
+                f"pinned ETag {pin.etag} of {pin.size} bytes, the store "
+                f"answered ETag {etag} of {total} bytes",
+                expected=pin.token,
+                found=None if etag is None else f"etag:{etag}",
+            )
+        if not isinstance(data, bytes | bytearray):
+            raise OSError(errno.EIO, f"{self!r}: get_object returned {type(data)!r}")
+        return bytes(data)
+
+    def _stale(
+        self, pin: _Pin, seen: _Pin | None, offset: int, how: str
+    ) -> StaleVersionError:
+        found = None if seen is None else seen.token
+        said = "without saying" if seen is None else f"{found}, size {seen.size}"
+        return StaleVersionError(
+            f"{self!r}: the object {how} under a read at {offset}: pinned "
+            f"{pin.token}, size {pin.size}; the store answered {said}",
+            expected=pin.token,
+            found=found,
+        )
 
     def _check_writable(self) -> None:
         self._check_open()
@@ -313,6 +520,8 @@ class FsspecBacking:
             change(current)
             await self._pipe(bytes(current))
             self._writes += 1
+            # The version this write made is the one later reads are tied to.
+            self._pin = _Pin(await self._info())
 
     async def write_from(self, offset: int, data: memoryview) -> int:
         """Write ``data`` at ``offset`` by rewriting the whole object.
@@ -370,27 +579,17 @@ class FsspecBacking:
     async def version(self) -> str | None:
         """Return the object's ETag, else its time and size, else its size.
 
+        Pins the version returned: later reads are tied to it.
+
         Raises:
             FileNotFoundError: The object does not exist.
+            TimeoutError: The storage did not answer within ``timeout``.
             OSError: The storage could not be asked.
             ClosedError: The backing was closed.
         """
-        info = await self._info()
-        token: str | None = None
-        for key in _ETAG_KEYS:
-            value = info.get(key)
-            if value not in (None, ""):
-                token = f"etag:{value}"
-                break
-        size = info.get("size")
-        if token is None:
-            for key in _MTIME_KEYS:
-                value = info.get(key)
-                if value not in (None, ""):
-                    token = f"mtime:{value}:size:{size}"
-                    break
-        if token is None and is_int(size):
-            token = f"size:{size}"
+        pin = _Pin(await self._info())
+        self._pin = pin
+        token = pin.token
         if token is not None and self._writes:
             token = f"{token}:w{self._writes}"
         return token
