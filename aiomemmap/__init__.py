@@ -15,7 +15,10 @@ The public API, by layer (each layer builds only on the ones before it):
 * backings, the Mappables and the address space: :class:`Backing`,
   :func:`open_backing`, :class:`CachedFile`, :class:`SharedMemory`,
   :class:`AddressSpace`, and the :class:`Platform` seam through which an
-  address space's page mappings reach a host.
+  address space's page mappings reach a host;
+* the engine, which owns a memory file, a bus and the open files its users
+  share, on the caller's loop or a thread of its own: :class:`Engine`,
+  :class:`EngineThread`, :func:`default_engine`.
 
 Every name is loaded on first use (PEP 562): ``import aiomemmap`` runs this
 module alone, on the standard library, and ``aiomemmap.CachedFile`` imports
@@ -69,6 +72,10 @@ if _typing.TYPE_CHECKING:
     from aiomemmap.backings.testing import (
         FaultInjectingBacking as FaultInjectingBacking,
     )
+    from aiomemmap.engine.default import default_engine as default_engine
+    from aiomemmap.engine.engine import Engine as Engine
+    from aiomemmap.engine.engine import EngineStatistics as EngineStatistics
+    from aiomemmap.engine.thread import EngineThread as EngineThread
     from aiomemmap.mappables.cached_file import CachedFile as CachedFile
     from aiomemmap.mappables.cached_file import CacheStatistics as CacheStatistics
     from aiomemmap.mappables.readahead import AdaptiveReadahead as AdaptiveReadahead
@@ -130,6 +137,9 @@ __all__ = [
     "CacheStatistics",
     "CachedFile",
     "ClosedError",
+    "Engine",
+    "EngineStatistics",
+    "EngineThread",
     "EvictableUser",
     "FaultInjectingBacking",
     "File",
@@ -173,6 +183,7 @@ __all__ = [
     "WrongLoopError",
     "check_translate_result",
     "copy_seq",
+    "default_engine",
     "is_debug",
     "is_page_aligned",
     "open_backing",
@@ -202,6 +213,9 @@ _MODULE_OF: _typing.Final[dict[str, str]] = {
     "CacheStatistics": "aiomemmap.mappables.cached_file",
     "CachedFile": "aiomemmap.mappables.cached_file",
     "ClosedError": "aiomemmap._core.errors",
+    "Engine": "aiomemmap.engine.engine",
+    "EngineStatistics": "aiomemmap.engine.engine",
+    "EngineThread": "aiomemmap.engine.thread",
     "EvictableUser": "aiomemmap.memmap.interfaces",
     "FaultInjectingBacking": "aiomemmap.backings.testing",
     "File": "aiomemmap.memmap.interfaces",
@@ -247,6 +261,7 @@ _MODULE_OF: _typing.Final[dict[str, str]] = {
     "WrongLoopError": "aiomemmap._core.errors",
     "check_translate_result": "aiomemmap.memmap.interfaces",
     "copy_seq": "aiomemmap._core.blockseq",
+    "default_engine": "aiomemmap.engine.default",
     "is_debug": "aiomemmap._core.debug",
     "is_page_aligned": "aiomemmap._core.pages",
     "open_backing": "aiomemmap.backings.opener",
