@@ -24,11 +24,12 @@ from tests.linux_oracle.differences import (
     ERROR_ORDER,
     INTENDED_DIFFERENCES,
     MULTI_VMA_MOVE,
+    differ_only_in,
     explain,
     normalise_maps,
 )
 from tests.linux_oracle.driver import LinuxGuest
-from tests.linux_oracle.model import ModelSide
+from tests.linux_oracle.model import ModelSide, run_model
 from tests.linux_oracle.ops import (
     Mmap,
     Mprotect,
@@ -298,6 +299,54 @@ def test_reported_differences_are_not_intended_differences() -> None:
     assert explain(mmap, ["err", "EOVERFLOW"], ["ok", 0x1000]) is None
     assert MULTI_VMA_MOVE in INTENDED_DIFFERENCES
     assert len({d.name for d in INTENDED_DIFFERENCES}) == len(INTENDED_DIFFERENCES)
+
+
+# A write to a private file mapping copies page 0x1000 with page 0x2000;
+# then the file changes under page 0x1000 through a shared mapping.
+COW_WINDOW = (
+    "mmap(0x1000,0x2000,rw-,fp,fixed,0x1000);write(0x2ff0,0x10,49);"
+    "mmap(0x0,0x1000,rw-,fs,noreplace,0x1000);write(0x0,0x801,208);"
+    "read(0x1000,0x10);read(0x0,0x10)"
+)
+
+
+async def test_copy_on_write_window_pages_are_listed_and_normalised(
+    oracle: Oracle,
+) -> None:
+    ops = parse(COW_WINDOW)
+    ours = await run_model(ops)
+    assert ours[1][2] == [0x1000]
+    linux = oracle.guest.run(ops)
+    assert linux[4][0] != ours[4][0]
+    assert linux[5][0] == ours[5][0]
+    assert await oracle.check(ops) is None
+
+
+class _FlipsFirstPage(ModelSide):
+    """A wrong model: reads at the window's first page have a bit flipped."""
+
+    async def read(self, addr: int, length: int) -> list[Any]:
+        out = await super().read(addr, length)
+        if out[0] == "ok" and addr < P:
+            data = bytearray.fromhex(out[1])
+            data[0] ^= 1
+            out = ["ok", data.hex()]
+        return out
+
+
+async def test_copy_on_write_window_masks_no_other_page(guest: LinuxGuest) -> None:
+    diff = await Oracle(guest, _FlipsFirstPage).check(parse(COW_WINDOW))
+    assert diff is not None
+    assert diff.where == "op 5"
+
+
+def test_differ_only_in_names_the_pages() -> None:
+    a = (b"x" * P + b"y" * P).hex()
+    b = (b"x" * P + b"z" * P).hex()
+    assert differ_only_in(a, b, 0, frozenset({P}))
+    assert not differ_only_in(a, b, 0, frozenset({0}))
+    assert differ_only_in(a[2 * P :], b[2 * P :], P, frozenset({P}))
+    assert not differ_only_in(a, b[:-2], 0, frozenset({0, P}))
 
 
 # ---------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 :func:`run_model` runs a sequence in a fresh space whose :class:`Layout` is
 the window, with the file as a :class:`SharedMemory` holding the same bytes
-under the memfd's name, and returns a trace of the same shape as
+under the memfd's name, and returns a trace of the shape of
 :meth:`LinuxGuest.run <tests.linux_oracle.driver.LinuxGuest.run>`: one
-``[outcome, maps]`` per operation, then the closing read-back.
+``[outcome, maps]`` per operation, then the closing read-back; each step
+and the read-back also list the pages that ``COPY_ON_WRITE_WINDOW`` (in
+:mod:`tests.linux_oracle.differences`) allows to differ.
 
 Outcomes: ``["ok", ...]`` with the result; ``["err", "EINVAL"]`` for an
 :class:`AddressSpaceError`; ``["fault", errno, bytes_done, ...]`` for a copy
@@ -107,6 +109,9 @@ class ModelSide:
         self.asp = asp
         self.file = file
         self.kept: list[ModelSide] = []
+        # COPY_ON_WRITE_WINDOW: pages of private file mappings that a write
+        # copied without writing them (window offsets).
+        self.window_copies: set[int] = set()
 
     def maps(self) -> list[str]:
         return normalise_maps(self.asp.maps())
@@ -168,6 +173,8 @@ class ModelSide:
                     await self.asp.munmap(old, _pages(op.old_size))
                 return ["ok", MOVED]
             raise
+        if res != old:
+            self._move_window_copies(old, op.old_size, op.new_size, res)
         if res == old or op.move == "must":
             return ["ok", res - WINDOW_BASE]
         await self.asp.munmap(res, _pages(op.new_size))
@@ -180,15 +187,32 @@ class ModelSide:
             return ["fault", "EFAULT", exc.bytes_done, (exc.data or b"").hex()]
         return ["ok", data.hex()]
 
+    def _move_window_copies(
+        self, old: int, old_size: int, new_size: int, new: int
+    ) -> None:
+        """Carry the window copies of a moved range to its new place."""
+        kept = _pages(min(old_size, new_size))
+        lo = old - WINDOW_BASE
+        delta = new - old
+        moved = {a for a in self.window_copies if lo <= a < lo + kept}
+        self.window_copies -= moved
+        self.window_copies |= {a + delta for a in moved}
+
     async def write(self, op: Write) -> list[Any]:
+        before = _private_file_copies(self.asp)
         try:
-            n = await self.asp.copy_out(_abs(op.addr), pattern(op.fill, op.length))
+            done = await self.asp.copy_out(_abs(op.addr), pattern(op.fill, op.length))
+            out: list[Any] = ["ok", done]
         except (MemoryFault, BusError) as exc:
-            return ["fault", "EFAULT", exc.bytes_done]
-        return ["ok", n]
+            done = exc.bytes_done
+            out = ["fault", "EFAULT", done]
+        written = set(range(op.addr & ~(P - 1), op.addr + done, P)) if done else set()
+        self.window_copies |= _private_file_copies(self.asp) - before - written
+        return out
 
     async def fork(self, op: Fork) -> list[Any]:
         child = ModelSide(await self.asp.fork(), self.file)
+        child.window_copies = set(self.window_copies)
         steps = [await child.step(o) for o in op.ops]
         if op.keep:
             self.kept.append(child)
@@ -223,26 +247,52 @@ class ModelSide:
             return _exc(exc)
 
     async def step(self, op: Op) -> list[Any]:
+        """Run ``op``; return ``[outcome, maps, window copies]``.
+
+        The third element has no counterpart on Linux's side: the pages
+        :data:`COPY_ON_WRITE_WINDOW` allows to differ.
+        """
         out = await self.outcome(op)
         try:
             self.asp.check_invariants()
         except Exception as exc:
             out = ["exc", f"{type(exc).__name__} after {out!r}: {exc}"]
-        return [out, self.maps()]
+        self.window_copies &= _private_file_copies(self.asp)
+        return [out, self.maps(), sorted(self.window_copies)]
 
     async def sweep(self) -> list[list[Any]]:
         return [await self.read(i * P, P) for i in range(WINDOW_PAGES)]
 
     async def final(self) -> list[Any]:
+        """Return the closing read-back, then the window copies of each space.
+
+        Linux's has the first four elements only.
+        """
         file = await self.file.read(0, FILE_SIZE + P)
         children = [await child.sweep() for child in self.kept]
-        return ["final", await self.sweep(), file.hex(), children]
+        copies = [sorted(side.window_copies) for side in (self, *self.kept)]
+        return ["final", await self.sweep(), file.hex(), children, copies]
 
     async def aclose(self) -> None:
         for child in self.kept:
             await child.asp.aclose()
         self.kept.clear()
         await self.asp.aclose()
+
+
+def _private_file_copies(asp: AddressSpace) -> set[int]:
+    """Return the pages of private file mappings holding private copies."""
+    out: set[int] = set()
+    pmas = asp._pmas.segs
+    for vseg in asp._vmas.segs:
+        vma = vseg.value
+        if vma.mappable is None or not vma.private:
+            continue
+        for pseg in pmas.segments(vseg.start, vseg.end):
+            if pseg.value.private:
+                lo, hi = max(pseg.start, vseg.start), min(pseg.end, vseg.end)
+                out.update(range(lo - WINDOW_BASE, hi - WINDOW_BASE, P))
+    return out
 
 
 async def run_model(
