@@ -16,7 +16,8 @@ from moto.server import ThreadedMotoServer
 def moto_s3(bucket_prefix: str) -> Iterator[tuple[str, Any, str]]:
     """Run a moto S3 server on loopback; yield (endpoint, boto3 client, bucket).
 
-    The bucket is emptied and deleted, and the server stopped, on exit.
+    The bucket (versioned or not) is emptied and deleted, and the server
+    stopped, on exit.
     """
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         os.environ.setdefault(var, "testing")
@@ -36,9 +37,12 @@ def moto_s3(bucket_prefix: str) -> Iterator[tuple[str, Any, str]]:
         bucket = f"{bucket_prefix}-{uuid.uuid4().hex[:12]}"
         client.create_bucket(Bucket=bucket)
         yield endpoint, client, bucket
-        listed = client.list_objects_v2(Bucket=bucket).get("Contents", [])
-        for obj in listed:
-            client.delete_object(Bucket=bucket, Key=obj["Key"])
+        # Every version of every object, for buckets that were made versioned.
+        listed = client.list_object_versions(Bucket=bucket)
+        for obj in listed.get("Versions", []) + listed.get("DeleteMarkers", []):
+            client.delete_object(
+                Bucket=bucket, Key=obj["Key"], VersionId=obj["VersionId"]
+            )
         client.delete_bucket(Bucket=bucket)
     finally:
         server.stop()

@@ -145,3 +145,59 @@ async def test_server_lifecycle() -> None:
 )
 def test_parse_range(header: str, expected: tuple[int, int] | None) -> None:
     assert _parse_range(header, 10) == expected
+
+
+async def test_server_honours_if_match_if_unmodified_since_and_if_range() -> None:
+    with anyio.fail_after(30):
+        async with RangeHTTPServer() as srv, aiohttp.ClientSession() as s:
+            srv.add("a", DATA)
+            url, etag, date = srv.url("a"), srv.etag("a"), srv.modified("a")
+            assert etag is not None
+
+            async def ask(**headers: str) -> tuple[int, bytes]:
+                async with s.get(url, headers=headers) as r:
+                    return r.status, await r.read()
+
+            assert await ask(Range="bytes=0-3", **{"If-Match": etag}) == (206, DATA[:4])
+            assert (await ask(**{"If-Unmodified-Since": date}))[0] == 200
+            assert await ask(Range="bytes=4-5", **{"If-Range": etag}) == (
+                206,
+                DATA[4:6],
+            )
+            srv.replace("a", DATA[::-1])
+            assert srv.etag("a") != etag
+            assert srv.modified("a") != date
+            assert (await ask(Range="bytes=0-3", **{"If-Match": etag}))[0] == 412
+            assert (await ask(**{"If-Unmodified-Since": date}))[0] == 412
+            assert srv.precondition_failures == 2
+            # If-Range that does not match: the whole new object.
+            assert await ask(Range="bytes=0-3", **{"If-Range": etag}) == (
+                200,
+                DATA[::-1],
+            )
+            assert await ask(Range="bytes=0-3", **{"If-Range": date}) == (
+                200,
+                DATA[::-1],
+            )
+            assert srv.full_answers_to_if_range == 2
+            # Weak tags never match If-Match; a server ignoring conditions.
+            srv.etags = "weak"
+            weak = srv.etag("a")
+            assert weak is not None
+            assert weak.startswith("W/")
+            assert (await ask(**{"If-Match": weak}))[0] == 412
+            srv.conditionals = False
+            assert (await ask(**{"If-Match": weak}))[0] == 200
+            srv.etags = "none"
+            assert srv.etag("a") is None
+            with pytest.raises(ValueError, match="etags"):
+                srv.etags = "sometimes"
+
+
+async def test_server_same_bytes_same_etag() -> None:
+    async with RangeHTTPServer() as srv:
+        srv.add("a", DATA)
+        etag = srv.etag("a")
+        srv.remove("a")
+        srv.add("a", DATA)
+        assert srv.etag("a") == etag

@@ -505,10 +505,10 @@ class HttpBacking:
             except ValueError:
                 total = None
             resp.release()
-            self._check_version(pin, _Pin.of(resp, total), offset)
             ref = pin if pin is not None else self._pin
             if ref is not None and ref.size is not None and offset < ref.size:
                 raise self._stale(ref, _Pin.of(resp, total), offset, "shrank")
+            self._check_version(pin, _Pin.of(resp, total), offset)
             return 0
         if status != 206 and status != 200:
             raise self._error(resp, "GET")
