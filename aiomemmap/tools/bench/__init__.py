@@ -78,6 +78,7 @@ def registered() -> dict[str, Benchmark]:
     """Return the registered benchmarks, keyed by their comma-separated row ids."""
     from aiomemmap.tools.bench import (  # noqa: F401  (register on import)
         _addrspace,
+        _faces,
         _micro,
         _remote,
     )
