@@ -18,7 +18,11 @@ The public API, by layer (each layer builds only on the ones before it):
   address space's page mappings reach a host;
 * the engine, which owns a memory file, a bus and the open files its users
   share, on the caller's loop or a thread of its own: :class:`Engine`,
-  :class:`EngineThread`, :func:`default_engine`.
+  :class:`EngineThread`, :func:`default_engine`;
+* the faces over an engine: :func:`open` (a synchronous, thread-safe
+  :class:`RemoteFile` for pyarrow, h5py, zipfile...) and :func:`open_async`
+  (an :class:`AsyncRemoteFile` on the caller's loop). ``aiomemmap.open``
+  is a name of this package only: it shadows nothing inside it.
 
 Every name is loaded on first use (PEP 562): ``import aiomemmap`` runs this
 module alone, on the standard library, and ``aiomemmap.CachedFile`` imports
@@ -76,6 +80,10 @@ if _typing.TYPE_CHECKING:
     from aiomemmap.engine.engine import Engine as Engine
     from aiomemmap.engine.engine import EngineStatistics as EngineStatistics
     from aiomemmap.engine.thread import EngineThread as EngineThread
+    from aiomemmap.faces.async_file import AsyncRemoteFile as AsyncRemoteFile
+    from aiomemmap.faces.async_file import open_async as open_async
+    from aiomemmap.faces.remote_file import RemoteFile as RemoteFile
+    from aiomemmap.faces.remote_file import open as open
     from aiomemmap.mappables.cached_file import CachedFile as CachedFile
     from aiomemmap.mappables.cached_file import CacheStatistics as CacheStatistics
     from aiomemmap.mappables.readahead import AdaptiveReadahead as AdaptiveReadahead
@@ -129,6 +137,7 @@ __all__ = [
     "Advice",
     "AiomemmapError",
     "AlignmentError",
+    "AsyncRemoteFile",
     "Backing",
     "BlockSeq",
     "BusError",
@@ -175,6 +184,7 @@ __all__ = [
     "Platform",
     "ReadaheadHint",
     "RefCountError",
+    "RemoteFile",
     "RetryPolicy",
     "SharedMemory",
     "StaleVersionError",
@@ -186,6 +196,8 @@ __all__ = [
     "default_engine",
     "is_debug",
     "is_page_aligned",
+    "open",
+    "open_async",
     "open_backing",
     "page_round_down",
     "page_round_up",
@@ -205,6 +217,7 @@ _MODULE_OF: _typing.Final[dict[str, str]] = {
     "Advice": "aiomemmap.mm.options",
     "AiomemmapError": "aiomemmap._core.errors",
     "AlignmentError": "aiomemmap._core.errors",
+    "AsyncRemoteFile": "aiomemmap.faces.async_file",
     "Backing": "aiomemmap.backings.base",
     "BlockSeq": "aiomemmap._core.blockseq",
     "BusError": "aiomemmap._core.errors",
@@ -253,6 +266,7 @@ _MODULE_OF: _typing.Final[dict[str, str]] = {
     "Platform": "aiomemmap.mm.platform",
     "ReadaheadHint": "aiomemmap.mappables.readahead",
     "RefCountError": "aiomemmap._core.errors",
+    "RemoteFile": "aiomemmap.faces.remote_file",
     "RetryPolicy": "aiomemmap.backings.base",
     "SharedMemory": "aiomemmap.mappables.shared_memory",
     "StaleVersionError": "aiomemmap._core.errors",
@@ -264,6 +278,8 @@ _MODULE_OF: _typing.Final[dict[str, str]] = {
     "default_engine": "aiomemmap.engine.default",
     "is_debug": "aiomemmap._core.debug",
     "is_page_aligned": "aiomemmap._core.pages",
+    "open": "aiomemmap.faces.remote_file",
+    "open_async": "aiomemmap.faces.async_file",
     "open_backing": "aiomemmap.backings.opener",
     "page_round_down": "aiomemmap._core.pages",
     "page_round_up": "aiomemmap._core.pages",
