@@ -112,6 +112,35 @@ def test_a_cached_file_on_a_local_file_loads_no_network_library(tmp_path: Path):
     assert loaded & NETWORK == set()
 
 
+def test_open_of_a_local_path_loads_no_network_library(tmp_path: Path):
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"y" * 10_000)
+    loaded = loaded_after(
+        f"""
+        import asyncio
+        import aiomemmap
+
+        with aiomemmap.open({str(data)!r}) as f:
+            assert f.read(3) == b"yyy"
+
+        async def main():
+            async with await aiomemmap.open_async({str(data)!r}) as f:
+                assert await f.pread(5, 2) == b"yy"
+
+        asyncio.run(main())
+        """
+    )
+    assert loaded & NETWORK == set()
+
+
+def test_engine_names_load_no_network_library():
+    loaded = loaded_after(
+        "import aiomemmap\naiomemmap.Engine\naiomemmap.EngineThread\n"
+        "aiomemmap.default_engine\naiomemmap.open\naiomemmap.open_async"
+    )
+    assert loaded & NETWORK == set()
+
+
 def test_http_backing_loads_aiohttp_and_not_fsspec():
     loaded = loaded_after("import aiomemmap\naiomemmap.HttpBacking")
     assert {"aiohttp", "yarl"} <= loaded

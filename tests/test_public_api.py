@@ -80,10 +80,22 @@ ADDRSPACE = [
 ]
 
 
+ENGINE = [
+    "Engine",
+    "EngineThread",
+    "default_engine",
+    "open",
+    "open_async",
+    "RemoteFile",
+    "AsyncRemoteFile",
+    "EngineStatistics",
+]
+
+
 @pytest.mark.parametrize(
     "names",
-    [FOUNDATION, MAPPABLES, ADDRSPACE],
-    ids=["foundation", "mappables", "addrspace"],
+    [FOUNDATION, MAPPABLES, ADDRSPACE, ENGINE],
+    ids=["foundation", "mappables", "addrspace", "engine"],
 )
 def test_public_api_exports_every_layer_name(names):
     missing = [n for n in names if not hasattr(aiomemmap, n)]
@@ -144,3 +156,11 @@ def test_public_api_address_space_error_carries_errno():
     assert fault.errno == errno.EPERM
     assert fault.bytes_done == 0
     assert fault.data == b""
+
+
+def test_public_api_open_is_ours_and_the_builtin_is_untouched():
+    import builtins
+
+    assert aiomemmap.open is not builtins.open
+    assert aiomemmap.open.__module__ == "aiomemmap.faces.remote_file"
+    assert builtins.open.__module__ in ("io", "_io")
