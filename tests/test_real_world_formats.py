@@ -29,7 +29,7 @@ from aiomemmap.tools.http_server import RangeHTTPServer
 from tests import datasets
 from tests.s3_server import moto_s3
 
-FACES = ("chained", "cache_type")
+FACES = ("open", "chained", "cache_type")
 COLUMNS = ["value", "label", "count"]
 
 
