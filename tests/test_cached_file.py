@@ -469,12 +469,17 @@ async def test_cached_file_cancel_write_through(mf):
         reader = asyncio.create_task(f.read(0, 200))
         await asyncio.sleep(0.01)
         assert not reader.done()
+        # Cancelled once it writes to the backing, the write completes
+        # first: all or nothing.
         task.cancel()
+        await asyncio.sleep(0.01)
+        assert not task.done()
+        backing.write_gate.set()
         with pytest.raises(asyncio.CancelledError):
             await task
-        backing.write_gate.set()
         got = await reader
     assert got == backing.data[:200]
+    assert got == b"Y" * 100 + data[100:200]
     f.check_invariants()
     await closed_and_balanced(f, mf)
 

@@ -1,18 +1,21 @@
 """Eviction of a cached file's pages: its side of the ``EvictableUser`` protocol.
 
 The memory file's evictor picks the least recently used unit of any
-evictable user and calls its ``evict``. For a cached file that means: write
-the unit's dirty pages back if the file's lock is free right now (never wait
-for it: its holder may be waiting for the very fetch that evicts), then
-revoke what can go (cached, clean, not pinned) in one step without awaiting,
-then invalidate the spaces mapping those pages, and only then drop the
-references.
+evictable user and calls its ``evict``. For a cached file that means: revoke
+what can go (cached, clean, not pinned by an access) in one step without
+awaiting, then invalidate the spaces mapping those pages, and only then drop
+the references. Eviction never waits for storage: the dirty pages of the
+unit are left in place and a write-back of them is started in a task of
+this file (:meth:`CacheEviction._start_writeback`), which takes the file's
+lock like any write-back. A hung backing then holds up only its own file's
+write-back, never the fetch of another file that needed room; once written,
+the pages are evicted by that task if the cache is still over budget, or
+later when the budget picks them again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from aiomemmap._core.locks import detached_context
 from aiomemmap._core.pages import PAGE_SIZE
@@ -36,34 +39,64 @@ class CacheEviction(PageCache):
         """Evict what can go of the offsets ``er``: a range the budget picked.
 
         The :class:`~aiomemmap.memmap.interfaces.EvictableUser` method, called
-        by the memory file's evictor. Dirty pages are written back first if
-        this file's lock is free right now; then :meth:`_revoke` does the
-        rest. Tolerates any range: what is not cached, or no longer this
-        file's, is ignored.
+        by the memory file's evictor. :meth:`_revoke` takes out the cached,
+        clean pages no access has pinned; dirty pages stay, and a write-back
+        of them is started in the background (:meth:`_start_writeback`).
+        Tolerates any range: what is not cached, or no longer this file's,
+        is ignored.
 
         Args:
             er: The offsets.
 
         Locking:
-            Called holding no lock. Takes ``_lock`` only if it is free.
+            Takes no lock, and never awaits: it neither waits for this
+            file's lock nor for its storage.
 
         Cancellation:
-            Pages not yet written back stay dirty and cached.
+            Does not await, so it is never cancelled part way.
         """
         start, end = er.start, er.end
         if self._closed or self._units is None:
             return
-        if not self._dirty.is_empty_range(start, end) and not self._lock.locked():
-            await self._lock.acquire()
-            try:
-                if not self._closed:
-                    # A failed write-back leaves the pages dirty: not evicted.
-                    with contextlib.suppress(Exception):
-                        await self._writeback(start, end)
-            finally:
-                self._lock.release()
-        if not self._closed:
-            self._revoke(start, end)
+        if not self._dirty.is_empty_range(start, end):
+            self._start_writeback(start, end)
+        self._revoke(start, end)
+
+    def _start_writeback(self, start: int, end: int) -> None:
+        """Have the dirty pages of ``[start, end)`` written back by a task of this file.
+
+        One task a file: ranges asked for while it runs are added to its
+        queue. It takes ``_lock`` (waiting for it) and writes each range
+        back; if the cache is over budget afterwards, the pages that became
+        clean are evicted at once. A range whose write-back fails stays
+        dirty, so cached, until the budget picks it again.
+        """
+        self._wb_pending.append((start, end))
+        if self._wb_task is None:
+            task = asyncio.get_running_loop().create_task(
+                self._write_back_queued(),
+                name=f"CachedFile write-back for eviction of {self!r}",
+                context=detached_context(),
+            )
+            self._wb_task = task
+            task.add_done_callback(consume)
+
+    async def _write_back_queued(self) -> None:
+        try:
+            while self._wb_pending and not self._closed:
+                async with self._lock:
+                    pending, self._wb_pending = self._wb_pending, []
+                    for start, end in pending:
+                        if self._is_closed():
+                            return
+                        try:
+                            await self._writeback(start, end)
+                        except Exception:
+                            continue  # Still dirty; tried again when picked.
+                        if self._mf.cache_over_budget() and not self._is_closed():
+                            self._revoke(start, end)
+        finally:
+            self._wb_task = None
 
     def _revoke(self, start: int, end: int) -> None:
         """Take the evictable pages of ``[start, end)`` out of the cache.

@@ -4,21 +4,22 @@ When its memory file has a ``cache_limit``, a cached file registers what it
 caches with the memory file's :class:`~aiomemmap.pgalloc.eviction.Evictor`, in
 *units*: the pages one fetch landed. A hit makes the units it touches the most
 recently used; parts of a unit that outlive an eviction or a truncation become
-units of their own. An access waiting for pages *pins* them, so that the
-budget does not evict the first pages of a large access while it waits for
-the last ones. :class:`CacheUnits` keeps both and answers which pages of a
-range the budget picked may go.
+units of their own. An access *pins* the pages it is about to copy, from
+before it waits for them until it has copied them (see
+:mod:`~aiomemmap.pgalloc.access_pins`), so that the budget does not evict the
+first pages of a large access while it waits for the last ones. Pins are
+counted per offset (several accesses may pin the same pages), and the bytes
+pinned at least once are reported to the evictor's books.
+:class:`CacheUnits` keeps units and pins and answers which pages of a range
+the budget picked may go.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
-from collections.abc import Iterator
 from typing import final
 
 from aiomemmap._core.errors import InvariantError
-from aiomemmap._core.segments import SegmentMap
+from aiomemmap._core.segments import Segment, SegmentMap, merge_equal
 from aiomemmap.fsutil.dirty_set import DirtySet
 from aiomemmap.fsutil.file_range_set import FileRangeSet
 from aiomemmap.memmap.interfaces import EvictableUser
@@ -57,20 +58,21 @@ class CacheUnits:
 
     Invariants:
         The units cover exactly the cached offsets (checked against the
-        cache by :meth:`check_invariants`).
+        cache by :meth:`check_invariants`). Pin counts are positive; the
+        evictor's pinned books include the span of this file's pins.
 
     Concurrency:
         Task-compatible: no method awaits.
     """
 
-    __slots__ = ("_mf", "_pin_tokens", "_pins", "_units", "_user")
+    __slots__ = ("_mf", "_pins", "_units", "_user")
 
     def __init__(self, user: EvictableUser, mf: MemoryFile) -> None:
         self._user = user
         self._mf = mf
         self._units: SegmentMap[None] = SegmentMap()
-        self._pins: dict[int, tuple[int, int]] = {}
-        self._pin_tokens = itertools.count()
+        # Offset -> how many accesses pin it.
+        self._pins: SegmentMap[int] = SegmentMap(merge_equal)
 
     def land(self, start: int, end: int) -> None:
         """Register the pages one fetch landed as a unit, most recently used."""
@@ -108,24 +110,49 @@ class CacheUnits:
                 self._units.insert_without_merging(lo, hi, None)
                 evictor.mark_evictable(self._user, lo, hi)
 
-    @contextlib.contextmanager
-    def pinned(self, start: int, end: int) -> Iterator[None]:
-        """Keep ``[start, end)`` from being evicted while the block runs."""
-        token = next(self._pin_tokens)
-        self._pins[token] = (start, end)
-        try:
-            yield
-        finally:
-            del self._pins[token]
+    def pin(self, start: int, end: int) -> None:
+        """Keep ``[start, end)`` from being evicted until :meth:`unpin`.
+
+        Each call must be matched by one :meth:`unpin` of the same range.
+        """
+        if start >= end:
+            return
+        pins = self._pins
+        gaps = [(max(g.start, start), min(g.end, end)) for g in pins.gaps(start, end)]
+        pins.mutate_range(start, end, _more)
+        newly = 0
+        for lo, hi in gaps:
+            if lo < hi:
+                pins.insert(lo, hi, 1)
+                newly += hi - lo
+        if newly:
+            self._mf.evictor.pin(newly)
+
+    def unpin(self, start: int, end: int) -> None:
+        """Drop one pin of ``[start, end)``, taken by :meth:`pin`."""
+        if start >= end:
+            return
+        pins = self._pins
+        pins.mutate_range(start, end, _fewer)
+        freed = 0
+        for seg in list(pins.segments(start, end)):
+            if seg.value <= 0:
+                pins.remove(seg)
+                freed += seg.end - seg.start
+        if freed:
+            self._mf.evictor.unpin(freed)
+
+    def pinned_span(self) -> int:
+        """Return how many offsets are pinned by at least one access."""
+        return self._pins.span()
 
     def evictable(self, start: int, end: int, dirty: DirtySet) -> list[tuple[int, int]]:
         """Return the parts of ``[start, end)`` that may be evicted now.
 
-        Those in a unit (so cached), clean, and not pinned by a waiting
-        access.
+        Those in a unit (so cached), clean, and not pinned by an access.
         """
         keep = [(d.start, d.end) for d in dirty.segments(start, end)]
-        keep.extend(self._pins.values())
+        keep.extend((p.start, p.end) for p in self._pins.segments(start, end))
         pieces: list[tuple[int, int]] = []
         for useg in self._units.segments(start, end):
             lo, hi = max(useg.start, start), min(useg.end, end)
@@ -139,6 +166,10 @@ class CacheUnits:
             InvariantError: They do not.
         """
         self._units.check_invariants()
+        self._pins.check_invariants()
+        for pseg in self._pins:
+            if pseg.value <= 0:
+                raise InvariantError(f"pin count {pseg.value} at {pseg.start:#x}")
         if self._units.span() != cache.span():
             raise InvariantError(
                 f"units span {self._units.span():#x}, the cache {cache.span():#x}"
@@ -147,3 +178,11 @@ class CacheUnits:
             hole = cache.first_hole(useg.start, useg.end)
             if hole is not None:
                 raise InvariantError(f"unit offsets {hole} are not cached")
+
+
+def _more(seg: Segment[int]) -> int:
+    return seg.value + 1
+
+
+def _fewer(seg: Segment[int]) -> int:
+    return seg.value - 1

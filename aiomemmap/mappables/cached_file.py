@@ -218,14 +218,20 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
           Evictor.reserve`), which pops victims of any evictable user and
           calls their :meth:`evict` until the reservation is granted.
         * What goes: the cached, clean pages of the victim that no access in
-          progress is waiting for (the pins of ``_units``: the required
-          ranges of every :meth:`_populate` call). Dirty pages are first
-          written back, but only if this file's lock is free right now (it
-          is taken, never waited for, since its holder may be waiting for
-          the very fetch that evicts); pages still dirty afterwards (the
-          lock was busy, the backing failed, or they stay writable through
-          a shared mapping) are not evicted. Pages being fetched are not in the cache
-          and so are never evicted.
+          progress has pinned. A read pins the pages it reads while it waits
+          for them; a :meth:`translate` made for an access through an
+          address space (a copy or a fault, inside an
+          :class:`~aiomemmap.pgalloc.access_pins.Access`) pins its required
+          pages until that access has copied them, so an access larger than
+          the budget is not evicted piecemeal and started over. When
+          everything cached is pinned or dirty, the budget is exceeded until
+          the accesses end (the evictor forces the reservation). Dirty
+          pages are never evicted, and eviction never waits for storage: a
+          dirty page the budget picks gets a write-back started on its own
+          (a task of this file, taking this file's lock), and is evicted
+          once it is clean, by that write-back if the cache is still over
+          budget then, otherwise when the budget picks it again. Pages being
+          fetched are not in the cache and so are never evicted.
         * Protocol, revoke first: in one step without awaiting, the pages
           leave ``_cache`` (so no translate or read can find them any more)
           and the memory file counts them as evicting; then every space
@@ -334,6 +340,7 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
         )
         if self._budget:
             self._units = CacheUnits(self, memory_file)
+        self._fetcher.on_stale = self._react_to_stale
 
     def __repr__(self) -> str:
         size = "?" if self._size is None else f"{self._size:#x}"
@@ -504,15 +511,21 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
 
     async def _shutdown(self) -> None:
         tasks = self._fetcher.cancel_all()
-        if self._size_task is not None:
-            self._size_task.cancel()
-            tasks.append(self._size_task)
+        for task in (self._size_task, self._stale_task, self._wb_task):
+            if task is not None:
+                # A revalidation cancelled here still finishes the
+                # invalidation it started (and frees those pages).
+                task.cancel()
+                tasks.append(task)
         if tasks:
             await asyncio.wait(tasks)
         if self._evict_tasks:
             # Evictions of pages revoked earlier: let them free their pages.
             await asyncio.wait(list(self._evict_tasks))
         dropped = self._cache.drop_all()
+        dropped.extend(self._stale_dropped)
+        self._stale_dropped = []
+        self._wb_pending = []
         self._dirty.drop_all()
         self._forget_units()
         try:
@@ -674,7 +687,7 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
         error: BaseException | None = None
         try:
             await self._populate(
-                req.start, req.end, window.start, window.end, clip=True
+                req.start, req.end, window.start, window.end, clip=True, for_access=True
             )
         except (BusError, ClosedError) as exc:
             error = exc if isinstance(exc, BusError) else BusError(exc)

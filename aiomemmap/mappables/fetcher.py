@@ -15,6 +15,15 @@ background task per page range:
   :func:`~aiomemmap.backings.base.read_fully`) frees its pages and leaves them
   absent; each waiter gets a :class:`~aiomemmap.BusError` and the next access
   fetches again;
+* a page is never zero-filled because the backing came up short: a read that
+  ends before the bytes the backing is known to hold (the size the file was
+  opened at, or what it wrote there since) means the object changed, and the
+  fetch fails with :class:`~aiomemmap.StaleVersionError`, like a read the
+  backing itself found answered by another version. Either way the owner is
+  told (``on_stale``) to drop what it cached of the old version;
+* while the owner learns the new version (:meth:`Fetcher.hold`), fetches
+  wait before reading, so that no page of the new version lands next to
+  pages of the old one;
 * several fetches run at once (``max_fetches_in_flight``) and neighbouring
   missing pages are fetched together, up to ``max_fetch_bytes`` per fetch;
 * a fetch created under an older *generation* (the file was truncated or its
@@ -33,7 +42,12 @@ from typing import final
 
 from aiomemmap._core.access import AccessType
 from aiomemmap._core.blockseq import BlockSeq, zero_seq
-from aiomemmap._core.errors import BusError, ClosedError, InvariantError
+from aiomemmap._core.errors import (
+    BusError,
+    ClosedError,
+    InvariantError,
+    StaleVersionError,
+)
 from aiomemmap._core.locks import detached_context
 from aiomemmap._core.pages import ADDR_LIMIT, PAGE_MASK, page_round_up
 from aiomemmap._core.ranges import FileRange
@@ -62,6 +76,9 @@ class Fetch:
         end: End of the offsets fetched (page-aligned).
         valid_end: The file size when the fetch was created: bytes at or past
             it are zero, not read.
+        backed_end: How far the backing was known to hold bytes when the
+            fetch was created (at most ``valid_end``): a read that ends
+            before it means the object changed.
         generation: The fetcher's generation when the fetch was created; a
             fetch whose generation is outdated when it lands is discarded.
         done: Set when the fetch has finished, whatever the outcome.
@@ -74,12 +91,24 @@ class Fetch:
         across an await.
     """
 
-    __slots__ = ("done", "end", "error", "generation", "stale", "start", "valid_end")
+    __slots__ = (
+        "backed_end",
+        "done",
+        "end",
+        "error",
+        "generation",
+        "stale",
+        "start",
+        "valid_end",
+    )
 
-    def __init__(self, start: int, end: int, valid_end: int, generation: int) -> None:
+    def __init__(
+        self, start: int, end: int, valid_end: int, backed_end: int, generation: int
+    ) -> None:
         self.start = start
         self.end = end
         self.valid_end = valid_end
+        self.backed_end = min(backed_end, valid_end)
         self.generation = generation
         self.done = asyncio.Event()
         self.error: BaseException | None = None
@@ -96,6 +125,12 @@ class Fetcher:
         mf: Where the pages are allocated (as ``MemoryKind.PAGE_CACHE``).
         cache: The page cache that fetched pages land in.
         size: Returns the file's size now (known before any fetch starts).
+        backed_size: Returns how far the backing is known to hold bytes:
+            the size learned from it, grown by what was written to it since.
+        version: Returns the version the file was opened at (for errors).
+        on_stale: Called, without awaiting, when a fetch of the current
+            generation fails with :class:`~aiomemmap.StaleVersionError`;
+            ``None`` until the owner sets :attr:`on_stale`.
         retry: How transient read errors are retried.
         max_fetch_bytes: The most one fetch reads: a multiple of the page size.
         max_fetches_in_flight: How many fetches may read at once.
@@ -113,11 +148,13 @@ class Fetcher:
     """
 
     __slots__ = (
+        "_backed_size",
         "_backing",
         "_budget",
         "_cache",
         "_closed",
         "_fetches",
+        "_held",
         "_max_fetch",
         "_mf",
         "_on_land",
@@ -126,11 +163,13 @@ class Fetcher:
         "_size",
         "_slots",
         "_tasks",
+        "_version",
         "_write_through",
         "_write_tokens",
         "bytes_fetched",
         "fetches_done",
         "generation",
+        "on_stale",
     )
 
     def __init__(
@@ -141,6 +180,9 @@ class Fetcher:
         cache: FileRangeSet,
         *,
         size: Callable[[], int | None],
+        backed_size: Callable[[], int],
+        version: Callable[[], str | None],
+        on_stale: Callable[[StaleVersionError], None] | None,
         retry: RetryPolicy | None,
         max_fetch_bytes: int,
         max_fetches_in_flight: int,
@@ -152,6 +194,11 @@ class Fetcher:
         self._mf = mf
         self._cache = cache
         self._size = size
+        self._backed_size = backed_size
+        self._version = version
+        self.on_stale = on_stale
+        """Told of a fetch that found the object changed (see Args)."""
+        self._held: asyncio.Event | None = None
         self._retry = retry
         self._max_fetch = max_fetch_bytes
         self._slots = asyncio.Semaphore(max_fetches_in_flight)
@@ -292,9 +339,26 @@ class Fetcher:
     # ------------------------------------------------------------------
     # Closing
 
+    def hold(self) -> None:
+        """Make fetches wait before reading until :meth:`release`."""
+        if self._held is None:
+            self._held = asyncio.Event()
+
+    def release(self) -> None:
+        """Let the fetches held by :meth:`hold` go on."""
+        held, self._held = self._held, None
+        if held is not None:
+            held.set()
+
+    @property
+    def held(self) -> bool:
+        """Whether fetches are held (:meth:`hold`)."""
+        return self._held is not None
+
     def close(self) -> None:
         """Refuse new fetches and waits from now on (:class:`ClosedError`)."""
         self._closed = True
+        self.release()
 
     def cancel_all(self) -> list[asyncio.Task[None]]:
         """Cancel every fetch task; return them, for the caller to wait for."""
@@ -323,7 +387,7 @@ class Fetcher:
         size = self._size()
         if size is None:
             raise InvariantError("fetch: the file size is not known")
-        fetch = Fetch(start, end, size, self.generation)
+        fetch = Fetch(start, end, size, self._backed_size(), self.generation)
         self._fetches.insert_without_merging(start, end, fetch)
         task = asyncio.get_running_loop().create_task(
             self._run(fetch),
@@ -348,6 +412,8 @@ class Fetcher:
                 if not pending:
                     break
                 await pending[0].wait()
+            while self._held is not None:
+                await self._held.wait()
             async with self._slots:
                 if fetch.generation == self.generation:
                     fr = await self._read_pages(fetch)
@@ -363,6 +429,13 @@ class Fetcher:
             raise
         except Exception as exc:
             fetch.error = exc
+            if (
+                isinstance(exc, StaleVersionError)
+                and fetch.generation == self.generation
+                and not self._closed
+                and self.on_stale is not None
+            ):
+                self.on_stale(exc)
         finally:
             if fr is not None and not self._mf.closed:
                 self._mf.dec_ref(fr)
@@ -399,7 +472,16 @@ class Fetcher:
                     n = await read_fully(self._backing, pos, block, retry=self._retry)
                     self.bytes_fetched += n
                     if n < len(block):
-                        # Short only at the end of the file: the rest is zero.
+                        if pos + n < fetch.backed_end:
+                            raise StaleVersionError(
+                                f"{self._owner!r}: the backing ended at "
+                                f"{pos + n:#x}, short of the {fetch.backed_end:#x} "
+                                "bytes it held when the file was opened",
+                                expected=self._version(),
+                                found=None,
+                            )
+                        # Past what the backing holds (the file was extended
+                        # in the cache): the rest is zero.
                         zero_seq(BlockSeq([block[n:]]))
                         break
                     pos += n

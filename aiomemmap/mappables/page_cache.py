@@ -20,6 +20,7 @@ Mappable methods (:mod:`~aiomemmap.mappables.cached_file`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 from typing import Any, Final
 
@@ -35,7 +36,7 @@ from aiomemmap._core.pages import (
     page_round_down,
     page_round_up,
 )
-from aiomemmap._core.ranges import MappableRange
+from aiomemmap._core.ranges import FileRange, MappableRange
 from aiomemmap.backings.base import Backing, RetryPolicy, call_with_retry
 from aiomemmap.fsutil.dirty_set import DirtySet, sync_dirty
 from aiomemmap.fsutil.file_range_set import FileRangeSet
@@ -45,6 +46,7 @@ from aiomemmap.mappables.readahead import ReadaheadPolicy, ReadaheadState
 from aiomemmap.memmap.bus import InvalidationBus
 from aiomemmap.memmap.interfaces import InvalidateOpts, Translation
 from aiomemmap.memmap.mapping_set import MappingSet
+from aiomemmap.pgalloc.access_pins import current_access
 from aiomemmap.pgalloc.memory_file import MemoryFile
 
 __all__ = [
@@ -129,6 +131,7 @@ class PageCache:
 
     __slots__ = (
         "__weakref__",
+        "_backed_size",
         "_backing",
         "_budget",
         "_cache",
@@ -150,8 +153,12 @@ class PageCache:
         "_retry",
         "_size",
         "_size_task",
+        "_stale_dropped",
+        "_stale_task",
         "_units",
         "_version",
+        "_wb_pending",
+        "_wb_task",
         "_whole",
         "_writable",
     )
@@ -183,6 +190,9 @@ class PageCache:
         self._cache = FileRangeSet()
         self._dirty = DirtySet()
         self._size: int | None = None
+        # How far the backing is known to hold bytes: the size learned from
+        # it, grown by what this file wrote there since.
+        self._backed_size = 0
         self._version: str | None = None
         self._size_task: asyncio.Task[None] | None = None
         self._refs = 1
@@ -200,6 +210,9 @@ class PageCache:
             memory_file,
             self._cache,
             size=self._current_size,
+            backed_size=self._current_backed_size,
+            version=self._current_version,
+            on_stale=None,
             retry=retry,
             max_fetch_bytes=max_fetch_bytes,
             max_fetches_in_flight=max_fetches_in_flight,
@@ -208,6 +221,13 @@ class PageCache:
         )
         self._evictions = 0
         self._evict_tasks: set[asyncio.Task[None]] = set()
+        # After a fetch found the object changed: the pages dropped then,
+        # and the task that invalidates, frees them and learns the new size.
+        self._stale_dropped: list[FileRange] = []
+        self._stale_task: asyncio.Task[None] | None = None
+        # Dirty ranges the budget picked, written back by one task at a time.
+        self._wb_pending: list[tuple[int, int]] = []
+        self._wb_task: asyncio.Task[None] | None = None
         # (size, MappableRange(0, page-rounded size)) as read() last built it.
         self._whole: tuple[int, MappableRange] | None = None
 
@@ -258,7 +278,7 @@ class PageCache:
         if not is_int(size) or size < 0:
             raise ValueError(f"backing {self._backing!r} reported a bad size {size!r}")
         if self._size is None and generation == self._fetcher.generation:
-            self._size = int(size)
+            self._size = self._backed_size = int(size)
             self._version = version
 
     async def _size_or_bus_error(self) -> int:
@@ -272,13 +292,30 @@ class PageCache:
     def _current_size(self) -> int | None:
         return self._size
 
+    def _current_backed_size(self) -> int:
+        return self._backed_size
+
+    def _current_version(self) -> str | None:
+        return self._version
+
+    def _backed_to(self, end: int) -> None:
+        """Record that the backing now holds bytes up to ``end`` at least."""
+        self._backed_size = max(self._backed_size, end)
+
     def _landed(self, start: int, end: int) -> None:
         """Register pages a fetch has just inserted into the cache."""
         if self._units is not None:
             self._units.land(start, end)
 
     async def _populate(
-        self, start: int, end: int, wstart: int, wend: int, *, clip: bool
+        self,
+        start: int,
+        end: int,
+        wstart: int,
+        wend: int,
+        *,
+        clip: bool,
+        for_access: bool = False,
     ) -> None:
         """Wait until pages ``[start, end)`` are cached, fetching ``[wstart, wend)``.
 
@@ -290,6 +327,10 @@ class PageCache:
             clip: Re-clip the required range to the page-rounded size after
                 each wait (reads and translations); without it pages past the
                 end of the file are filled with zeros (writes).
+            for_access: The pages are wanted by the access the current task
+                is inside (:func:`~aiomemmap.pgalloc.access_pins.
+                current_access`), which copies them later: they stay pinned
+                until it ends.
 
         Raises:
             BusError: A fetch of a required page failed (or the file shrank
@@ -301,13 +342,22 @@ class PageCache:
 
         While it waits, ``[start, end)`` is pinned: the cache budget does not
         evict those pages, so that a large access cannot have its first
-        pages evicted while it waits for the last ones.
+        pages evicted while it waits for the last ones. With ``for_access``
+        the pin is handed to the access and outlives the call.
         """
-        if self._units is None:
+        units = self._units
+        if units is None:
             await self._fetcher.fill(start, end, wstart, wend, clip=clip)
             return
-        with self._units.pinned(start, end):
+        units.pin(start, end)
+        try:
             await self._fetcher.fill(start, end, wstart, wend, clip=clip)
+        finally:
+            access = current_access() if for_access else None
+            if access is None:
+                units.unpin(start, end)
+            else:
+                access.defer(functools.partial(units.unpin, start, end))
 
     def _count(self, start: int, end: int) -> bool:
         """Count the hits and misses of ``[start, end)``; return whether all hit."""
@@ -383,6 +433,10 @@ class PageCache:
             an extra reference while its bytes are in use.
         """
         size = self._size if self._size is not None else 0
+        last = max(
+            (min(d.end, end, size) for d in self._dirty.segments(start, end)),
+            default=0,
+        )
         if await sync_dirty(
             start,
             end,
@@ -392,6 +446,7 @@ class PageCache:
             self._mf,
             self._backing.write_from,
         ):
+            self._backed_to(last)
             await self._own_change()
 
     async def _own_change(self) -> None:

@@ -5,15 +5,34 @@ its size) as of the last time it learned it or changed the backing itself.
 :meth:`Revalidation.revalidate` asks again; on a change, the cache is dropped
 and every space mapping the file is told, as gVisor's gofer client does when
 a remote file's attributes change.
+
+A fetch can find out first: the backing answers a read with
+:class:`~aiomemmap.StaleVersionError` (the object is not the version the
+file was opened at), or comes up short of the size it had.
+:meth:`Revalidation._react_to_stale` then does what :meth:`revalidate` does,
+without waiting for the file's lock (its holder may be waiting for a fetch):
+at once, in one step, every fetch in flight is outdated, new ones are held
+before reading, and the cache is dropped; then a task of the file
+invalidates the spaces mapping it, frees the pages, learns the new size and
+version, and lets the fetches go. The cache therefore never holds pages of
+two versions, and no space maps an old page once a new one can land: the
+access whose fetch failed gets a ``BusError`` wrapping the
+``StaleVersionError``; the others in flight wait and get the new version's
+bytes.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 from aiomemmap._core.cancel import finish_shielded
+from aiomemmap._core.errors import StaleVersionError
+from aiomemmap._core.locks import detached_context
 from aiomemmap._core.pages import is_int
 from aiomemmap._core.ranges import FileRange
+from aiomemmap.backings.base import call_with_retry
 from aiomemmap.fsutil.file_range_set import release
-from aiomemmap.mappables.page_cache import NO_PRIVATE, PageCache
+from aiomemmap.mappables.page_cache import NO_PRIVATE, PageCache, consume
 
 __all__ = ["Revalidation"]
 
@@ -70,7 +89,7 @@ class Revalidation(PageCache):
                     f"backing {self._backing!r} reported a bad size {new_size!r}"
                 )
             self._fetcher.generation += 1
-            self._size = int(new_size)
+            self._size = self._backed_size = int(new_size)
             self._version = version
             self._ra.reset()
             dropped = self._cache.drop_all()
@@ -84,4 +103,58 @@ class Revalidation(PageCache):
             if not self._mappings.is_empty():
                 await self._mappings.invalidate_all(NO_PRIVATE)
         finally:
-            release(self._mf, dropped)
+            if not self._mf.closed:
+                release(self._mf, dropped)
+
+    def _react_to_stale(self, exc: StaleVersionError) -> None:
+        """Drop the cache of a version a fetch found replaced; learn the new one.
+
+        Called by the fetcher, without awaiting, when a fetch of the current
+        generation failed with ``exc``. Dirty data is lost, as with
+        :meth:`revalidate`. See the module docstring.
+
+        Locking:
+            Takes no lock; the task it starts takes none either (eviction
+            invalidates the same way).
+        """
+        if self._closed:
+            return
+        self._fetcher.generation += 1
+        self._fetcher.hold()
+        self._ra.reset()
+        self._stale_dropped.extend(self._cache.drop_all())
+        self._dirty.drop_all()
+        self._forget_units()
+        if self._stale_task is None:
+            task = asyncio.get_running_loop().create_task(
+                self._learn_new_version(),
+                name=f"CachedFile revalidation of {self!r}",
+                context=detached_context(),
+            )
+            self._stale_task = task
+            task.add_done_callback(consume)
+
+    async def _learn_new_version(self) -> None:
+        try:
+            while self._stale_dropped:
+                dropped, self._stale_dropped = self._stale_dropped, []
+                await finish_shielded(self._finish_drop(dropped))
+            if self._is_closed():
+                return
+            backing, retry = self._backing, self._retry
+            version = await call_with_retry(backing.version, retry=retry)
+            size = await call_with_retry(backing.size, retry=retry)
+            if not is_int(size) or size < 0:
+                raise ValueError(f"backing {backing!r} reported a bad size {size!r}")
+            if not self._is_closed():
+                self._size = self._backed_size = int(size)
+                self._version = version
+        except Exception:
+            # The old size stays; the next fetch that finds the object
+            # changed starts this again.
+            pass
+        finally:
+            # Fetches made while held were sized for the old version.
+            self._fetcher.generation += 1
+            self._stale_task = None
+            self._fetcher.release()

@@ -11,9 +11,11 @@ past the new end from every space first.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 
 from aiomemmap._core.cancel import finish_shielded
+from aiomemmap._core.errors import StaleVersionError
 from aiomemmap._core.pages import (
     ADDR_LIMIT,
     PAGE_SIZE,
@@ -49,6 +51,13 @@ class WriteBack(PageCache):
         straight to the backing, as gVisor's caching inode did; mapped ones
         are fetched first and written in the cache.
 
+        The write is made in two steps. First it waits, changing nothing,
+        until every page it will change in the cache is present (pinned
+        against eviction from then on) and no fetch overlaps it. Then it
+        commits: the parts going to the backing are written there (fetches
+        of those offsets wait), and the cached parts are changed in one step
+        without awaiting.
+
         Args:
             offset: Where to write.
             data: The bytes.
@@ -60,9 +69,14 @@ class WriteBack(PageCache):
             TypeError: ``offset`` is not an int or ``data`` not bytes-like.
             ValueError: The write would end past ``2**64``.
             PermissionError: The file is not writable.
-            BusError: Fetching a page to update failed.
-            OSError: Writing straight to the backing failed (earlier parts
-                may have been written).
+            BusError: Fetching a page to update failed (nothing was
+                written).
+            OSError: Writing straight to the backing failed: the parts
+                written to it before the failure stay written, the cache is
+                unchanged. :class:`~aiomemmap.StaleVersionError` if the
+                object was replaced while the backing was being written (the
+                cache was dropped meanwhile, so the cached parts were not
+                changed).
             ClosedError: The file is closed.
 
         Locking:
@@ -70,9 +84,9 @@ class WriteBack(PageCache):
             fetches and backing writes.
 
         Cancellation:
-            A write cancelled while waiting for a fetch changed nothing; one
-            cancelled during a write to the backing may have written part of
-            the data there. The cache is consistent either way.
+            All or nothing: a write cancelled while it waits for pages or
+            for the lock changed nothing; once it commits, it completes
+            before the cancellation propagates.
         """
         offset = check_offset("write", "offset", offset)
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -88,55 +102,104 @@ class WriteBack(PageCache):
             raise PermissionError(errno.EACCES, f"write: {self!r} is not writable")
         if not len(view):
             return 0
+        end = offset + len(view)
+        lo, hi = page_round_down(offset), page_round_up(end)
         async with self._lock:
             self._check_open("write")
             await self._size_or_bus_error()
-            await self._write_mixed(offset, view)
+            units = self._units
+            if units is not None:
+                units.pin(lo, hi)
+            try:
+                plan = await self._plan_write(offset, end)
+                await finish_shielded(self._commit_write(offset, view, plan))
+            finally:
+                if units is not None:
+                    units.unpin(lo, hi)
         return len(view)
 
     def _grow(self, end: int) -> None:
         assert self._size is not None
         self._size = max(self._size, end)
 
-    async def _write_mixed(self, offset: int, view: memoryview) -> None:
-        """Write cached parts in the cache and the rest straight to the backing."""
-        pos, end = offset, offset + len(view)
-        while pos < end:
-            seg = self._cache.find(pos)
-            if seg is not None:
-                stop = min(end, seg.end)
-                self._copy_in(pos, view[pos - offset : stop - offset])
-                self._grow(stop)
+    async def _plan_write(self, offset: int, end: int) -> list[tuple[bool, int, int]]:
+        """Wait until ``[offset, end)`` can be written without waiting; say how.
+
+        Returns, in order, ``(through, start, stop)`` parts covering the
+        range: ``through`` parts go straight to the backing (neither cached,
+        nor mapped, nor being fetched), the others are cached. Valid until
+        the caller next awaits (the caller's pin keeps cached parts cached
+        after that, and ``_lock`` keeps the mappings).
+
+        Cancellation:
+            Changes nothing.
+        """
+        while True:
+            plan: list[tuple[bool, int, int]] = []
+            pos = offset
+            while pos < end:
+                seg = self._cache.find(pos)
+                if seg is not None:
+                    stop = min(end, seg.end)
+                    plan.append((False, pos, stop))
+                    pos = stop
+                    continue
+                fetch = self._fetcher.find(pos)
+                if fetch is not None:
+                    # Being fetched: wait, then look again (cached or a hole).
+                    await fetch.done.wait()
+                    break
+                stop = end
+                nxt = self._cache.lower_bound_segment(pos)
+                if nxt is not None:
+                    stop = min(stop, nxt.start)
+                nxt_fetch = self._fetcher.next_start(pos)
+                if nxt_fetch is not None:
+                    stop = min(stop, nxt_fetch)
+                if self._is_mapped(pos, stop):
+                    # Mapped offsets are written in the cache, so that the
+                    # spaces mapping them see the write once they translate.
+                    lo, hi = page_round_down(pos), page_round_up(stop)
+                    await self._populate(lo, hi, lo, hi, clip=False)
+                    break
+                plan.append((True, pos, stop))
                 pos = stop
-                continue
-            fetch = self._fetcher.find(pos)
-            if fetch is not None:
-                # Being fetched: wait, then look again (cached or a hole).
-                await fetch.done.wait()
-                continue
-            stop = end
-            nxt = self._cache.lower_bound_segment(pos)
-            if nxt is not None:
-                stop = min(stop, nxt.start)
-            nxt_fetch = self._fetcher.next_start(pos)
-            if nxt_fetch is not None:
-                stop = min(stop, nxt_fetch)
-            if self._is_mapped(pos, stop):
-                # Mapped offsets are written in the cache, so that the
-                # spaces mapping them see the write once they translate.
-                lo, hi = page_round_down(pos), page_round_up(stop)
-                await self._populate(lo, hi, lo, hi, clip=False)
-                continue
-            with self._fetcher.writing_through(page_round_down(pos), stop):
-                n = await self._backing.write_from(
-                    pos, view[pos - offset : stop - offset]
+            else:
+                return plan
+
+    async def _commit_write(
+        self, offset: int, view: memoryview, plan: list[tuple[bool, int, int]]
+    ) -> None:
+        """Write the parts of ``plan``: the backing's first, then the cache's."""
+        generation = self._fetcher.generation
+        through = [(a, b) for t, a, b in plan if t]
+        if through:
+            with contextlib.ExitStack() as stack:
+                for a, b in through:
+                    stack.enter_context(
+                        self._fetcher.writing_through(page_round_down(a), b)
+                    )
+                for a, b in through:
+                    n = await self._backing.write_from(a, view[a - offset : b - offset])
+                    if n != b - a:
+                        raise OSError(
+                            errno.EIO,
+                            f"backing wrote {n} of {b - a} bytes at {a:#x}",
+                        )
+                    self._backed_to(b)
+                    self._grow(b)
+            if self._fetcher.generation != generation:
+                raise StaleVersionError(
+                    f"write: {self!r} was replaced in its backing while being "
+                    "written; the cached parts of the write were not made",
+                    expected=self._version,
+                    found=None,
                 )
-            if n != stop - pos:
-                raise OSError(
-                    errno.EIO, f"backing wrote {n} of {stop - pos} bytes at {pos:#x}"
-                )
-            self._grow(stop)
-            pos = stop
+        for t, a, b in plan:
+            if not t:
+                self._copy_in(a, view[a - offset : b - offset])
+                self._grow(b)
+        if through:
             await self._own_change()
 
     async def sync(self) -> None:
@@ -218,6 +281,7 @@ class WriteBack(PageCache):
             # it out of the cache (still referenced until spaces forget them).
             self._fetcher.generation += 1
             self._size = size
+            self._backed_size = min(self._backed_size, size)
             self._ra.reset()
             new_r, old_r = page_round_up(size), page_round_up(old)
             dropped = self._cache.drop(new_r, ADDR_LIMIT)
@@ -238,4 +302,5 @@ class WriteBack(PageCache):
         finally:
             release(self._mf, dropped)
         await self._backing.truncate(size)
+        self._backed_size = size
         await self._own_change()

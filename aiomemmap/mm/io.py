@@ -6,28 +6,165 @@ class. Each first tries the resident fast path,
 :meth:`~aiomemmap.mm.pma.PmaCache.resident`: a single pma that covers the
 access and allows it is used at once, without locks. Otherwise the slow path
 takes the mapping lock for reading and makes the pmas it needs.
+
+A slow path that waits for a Mappable (a fetch from remote storage) holds the
+mapping lock for reading all along, so it can hold up whoever needs it for
+writing. Such a wait is *interruptible* (:func:`interrupt_faults`), as a
+Linux page fault waiting for I/O is:
+
+* for teardown (``closing``): :meth:`~aiomemmap.AddressSpace.aclose`
+  interrupts every fault in flight before it waits for the lock, so it
+  completes in bounded time even if a backing never answers. The faulting
+  task gets a :class:`~aiomemmap.BusError` whose ``err`` is a
+  :class:`~aiomemmap.ClosedError` (a guest would get ``SIGBUS``, as Linux
+  kills a task whose address space is torn down under it);
+* for a change of the mappings (``closing=False``): the fault lets go of
+  the lock, waits for the writer to finish, and starts over from the vmas,
+  as Linux retries a fault that dropped ``mmap_lock`` to wait for a page
+  (``VM_FAULT_RETRY``). The fetch it waited for carries on meanwhile, so
+  nothing is read twice.
+
+What the Mappable started (a fetch) is never cancelled by an interruption:
+only the waiting stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno as _errno
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, final
 
 from aiomemmap._core.access import AccessType
 from aiomemmap._core.blockseq import BlockSeq
-from aiomemmap._core.errors import BusError, MemoryFault, OutOfMemoryError
+from aiomemmap._core.errors import BusError, ClosedError, MemoryFault, OutOfMemoryError
 from aiomemmap._core.pages import HUGE_PAGE_SIZE, PAGE_MASK, PAGE_SIZE
 from aiomemmap.mm.args import U64, check_addr
+from aiomemmap.pgalloc.access_pins import Access
 
 if TYPE_CHECKING:
     from aiomemmap.mm.address_space import AddressSpace
 
-__all__ = ["copy_in", "copy_out", "handle_fault", "reached_and_error", "zero_out"]
+__all__ = [
+    "copy_in",
+    "copy_out",
+    "faults_in_flight",
+    "handle_fault",
+    "interrupt_faults",
+    "reached_and_error",
+    "zero_out",
+]
 
 _READ = AccessType.READ
 _WRITE = AccessType.WRITE
 _ZEROS = bytes(HUGE_PAGE_SIZE)
+
+_CLOSING: Final = "closing"
+_RETRY: Final = "retry"
+
+
+@final
+class _InFlight:
+    """One slow-path fault or copy waiting under the mapping lock.
+
+    A context manager around the wait. :meth:`interrupt` cancels the wait
+    (through an ``asyncio.timeout`` scope, which tells its own cancellation
+    from one of the task's); on leaving, an interrupted wait raises
+    :class:`_Interrupted` instead of ``TimeoutError``.
+    """
+
+    __slots__ = ("_registry", "_timeout", "reason")
+
+    def __init__(self, registry: set[_InFlight]) -> None:
+        self._registry = registry
+        self._timeout = asyncio.timeout(None)
+        self.reason: str | None = None
+
+    async def __aenter__(self) -> _InFlight:
+        await self._timeout.__aenter__()
+        self._registry.add(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        self._registry.discard(self)
+        try:
+            await self._timeout.__aexit__(exc_type, exc, tb)
+        except TimeoutError:
+            if self.reason is None:
+                raise
+            raise _Interrupted(self.reason) from None
+        return False
+
+    def interrupt(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self._timeout.reschedule(asyncio.get_running_loop().time())
+
+
+class _Interrupted(Exception):
+    """A fault's wait was interrupted; ``args[0]`` says why."""
+
+
+# Space -> its faults in flight. An entry exists only while one is (each
+# holds the space), so the space's id is not reused meanwhile.
+_IN_FLIGHT: dict[int, set[_InFlight]] = {}
+
+
+def _in_flight(space: AddressSpace) -> _InFlight:
+    registry = _IN_FLIGHT.get(id(space))
+    if registry is None:
+        registry = _IN_FLIGHT[id(space)] = set()
+    return _InFlight(registry)
+
+
+def _forget_if_idle(space: AddressSpace) -> None:
+    registry = _IN_FLIGHT.get(id(space))
+    if registry is not None and not registry:
+        del _IN_FLIGHT[id(space)]
+
+
+def faults_in_flight(space: AddressSpace) -> int:
+    """Return how many slow-path faults and copies of ``space`` are waiting."""
+    return len(_IN_FLIGHT.get(id(space), ()))
+
+
+def interrupt_faults(space: AddressSpace, *, closing: bool) -> int:
+    """Interrupt the waits of ``space``'s faults and copies in flight.
+
+    See the module docstring: with ``closing`` they fail with a
+    ``BusError`` wrapping ``ClosedError``; without, they let go of the
+    mapping lock and start over once the writer is done.
+
+    Returns:
+        How many were interrupted.
+
+    Locking:
+        Takes no lock and does not await: call it just before waiting for
+        the mapping lock for writing (readers that arrive later queue
+        behind that writer).
+    """
+    registry = _IN_FLIGHT.get(id(space))
+    if not registry:
+        return 0
+    reason = _CLOSING if closing else _RETRY
+    for fault in list(registry):
+        fault.interrupt(reason)
+    return len(registry)
+
+
+def _closed_under(what: str) -> BusError:
+    return BusError(
+        ClosedError(
+            f"{what}: the address space was closed while the access waited "
+            "for its Mappable"
+        )
+    )
 
 
 def reached_and_error(
@@ -61,10 +198,15 @@ async def handle_fault(self: AddressSpace, addr: int, at: AccessType) -> None:  
 
     Locking:
         Resident pages: none. Otherwise the mapping lock (reading) and the
-        active lock (writing).
+        active lock (writing). A wait for the Mappable under the mapping
+        lock is interrupted by a writer that needs the lock (the fault then
+        starts over once the writer is done) or by :meth:`aclose` (see the
+        module docstring).
 
     Cancellation:
-        Safe at every await; pmas made before it stay valid.
+        Safe at every await; pmas made before it stay valid. If the space is
+        closed while the fault waits for its Mappable, the wait stops and
+        the fault raises ``BusError`` wrapping ``ClosedError``.
     """
     if type(at) is not AccessType:
         raise TypeError(f"handle_fault: at must be an AccessType, got {at!r}")
@@ -79,26 +221,38 @@ async def handle_fault(self: AddressSpace, addr: int, at: AccessType) -> None:  
 
 
 async def _fault_slow(self: AddressSpace, addr: int, at: AccessType) -> None:
-    self._check_open("handle_fault")
     start = addr & ~PAGE_MASK
     end = start + PAGE_SIZE
-    async with self._mapping_lock.read():
+    while True:
         self._check_open("handle_fault")
-        vseg = self._vmas.segs.find(addr)
-        if vseg is None:
-            raise MemoryFault(
-                _errno.EFAULT, f"handle_fault: nothing mapped at {addr:#x}"
-            )
-        if not vseg.value.effective_perms.superset_of(at):
-            raise MemoryFault(
-                _errno.EPERM,
-                f"handle_fault: {at} access to {addr:#x} not allowed "
-                f"({vseg.value.effective_perms})",
-            )
-        self._faults += 1
-        _reached, err = await self._pmas.get(
-            self._vmas, start, end, at, reached_and_error
-        )
+        try:
+            async with self._mapping_lock.read():
+                self._check_open("handle_fault")
+                vseg = self._vmas.segs.find(addr)
+                if vseg is None:
+                    raise MemoryFault(
+                        _errno.EFAULT, f"handle_fault: nothing mapped at {addr:#x}"
+                    )
+                if not vseg.value.effective_perms.superset_of(at):
+                    raise MemoryFault(
+                        _errno.EPERM,
+                        f"handle_fault: {at} access to {addr:#x} not allowed "
+                        f"({vseg.value.effective_perms})",
+                    )
+                self._faults += 1
+                try:
+                    with Access():
+                        async with _in_flight(self):
+                            _reached, err = await self._pmas.get(
+                                self._vmas, start, end, at, reached_and_error
+                            )
+                finally:
+                    _forget_if_idle(self)
+        except _Interrupted as exc:
+            if exc.args[0] == _CLOSING:
+                raise _closed_under("handle_fault") from None
+            continue  # The mappings changed meanwhile: start over.
+        break
     if err is not None:
         raise err
 
@@ -147,11 +301,17 @@ async def copy_in(  # noqa: D417
             not readable; ``.bytes_done`` bytes were read and are in
             ``.data``.
         BusError: A Mappable failed; ``.bytes_done``/``.data`` as above.
+            Also when the space is closed while the copy waits for a
+            Mappable: ``.err`` is then a ``ClosedError``.
         ClosedError: The space is closed.
 
     Locking:
         Resident pages: none. Otherwise the mapping lock (reading) and
-        the active lock (writing).
+        the active lock (writing); the wait for a Mappable is interrupted
+        as :meth:`handle_fault`'s is.
+
+    Cancellation:
+        Safe at every await; nothing is copied unless the call returns.
     """
     if (
         type(addr) is int
@@ -218,6 +378,10 @@ async def copy_out(  # noqa: D417
 
     Locking:
         As :meth:`copy_in`.
+
+    Cancellation:
+        Safe at every await; a cancelled copy wrote nothing (it writes only
+        once every page is in place, without awaiting).
     """
     try:
         src = memoryview(data).cast("B")
@@ -314,31 +478,22 @@ async def _io(
     longest usable prefix; then an error is raised for the rest, with
     ``bytes_done`` set.
     """
-    self._check_open(what)
     done = 0
     error: BaseException | None = None
-    async with self._mapping_lock.read():
+    while True:
         self._check_open(what)
-        vend, verr = _covered_prefix(self, addr, end, at, ignore_permissions)
-        if vend > addr:
-            p_start = addr & ~PAGE_MASK
-            p_end = min((vend + PAGE_MASK) & ~PAGE_MASK, U64)
-            self._faults += 1
-
-            def use(reached: int, perr: BaseException | None) -> int:
-                limit = min(reached, vend)
-                done = _apply(self, addr, limit, fn, at, ignore_permissions)
-                if limit < end:
-                    nonlocal error
-                    error = perr if perr is not None else verr
-                return done
-
-            try:
-                done = await self._pmas.get(self._vmas, p_start, p_end, at, use)
-            except OutOfMemoryError as exc:
-                error = exc
-        else:
-            error = verr
+        try:
+            async with self._mapping_lock.read():
+                self._check_open(what)
+                done, error = await _io_locked(
+                    self, addr, end, at, ignore_permissions, fn
+                )
+        except _Interrupted as exc:
+            if exc.args[0] == _CLOSING:
+                done, error = 0, _closed_under(what)
+                break
+            continue  # The mappings changed meanwhile: start over.
+        break
     if done < end - addr:
         if not isinstance(error, BusError):
             error = MemoryFault(
@@ -346,6 +501,44 @@ async def _io(
             )
         error.bytes_done = done
         raise error
+
+
+async def _io_locked(
+    self: AddressSpace,
+    addr: int,
+    end: int,
+    at: AccessType,
+    ignore_permissions: bool,
+    fn: Callable[[BlockSeq], None],
+) -> tuple[int, BaseException | None]:
+    """The body of :func:`_io`, under the mapping lock: ``(done, error)``."""
+    error: BaseException | None = None
+    vend, verr = _covered_prefix(self, addr, end, at, ignore_permissions)
+    if vend <= addr:
+        return 0, verr
+    p_start = addr & ~PAGE_MASK
+    p_end = min((vend + PAGE_MASK) & ~PAGE_MASK, U64)
+    self._faults += 1
+
+    def use(reached: int, perr: BaseException | None) -> int:
+        limit = min(reached, vend)
+        done = _apply(self, addr, limit, fn, at, ignore_permissions)
+        if limit < end:
+            nonlocal error
+            error = perr if perr is not None else verr
+        return done
+
+    try:
+        # Pages translated for this access stay pinned in their caches
+        # until ``use`` has copied them.
+        with Access():
+            async with _in_flight(self):
+                done = await self._pmas.get(self._vmas, p_start, p_end, at, use)
+    except OutOfMemoryError as exc:
+        return 0, exc
+    finally:
+        _forget_if_idle(self)
+    return done, error
 
 
 def _covered_prefix(

@@ -15,6 +15,7 @@ from aiomemmap._core.cancel import finish_shielded
 from aiomemmap._core.ranges import AddrRange
 from aiomemmap.memmap.interfaces import MLockMode
 from aiomemmap.mm.args import U64
+from aiomemmap.mm.io import interrupt_faults
 from aiomemmap.mm.syscalls import unmap_locked
 from aiomemmap.mm.vma import release_identities
 from aiomemmap.pgalloc.memory_file import MemoryFile
@@ -57,8 +58,17 @@ async def aclose(self: AddressSpace) -> None:
         the platform has unmapped everything and is released; a memory
         file the space made is closed with its last user.
 
+    Faults and copies in flight are not waited for: those waiting for a
+    Mappable (a fetch from storage that may never answer) are interrupted
+    first and raise :class:`~aiomemmap.BusError` wrapping
+    :class:`~aiomemmap.ClosedError`, so closing takes bounded time
+    whatever the backings do. What they started (fetches) carries on and
+    belongs to the Mappables, which their own ``aclose`` stops.
+
     Locking:
-        Takes the mapping lock (writing), then the active lock.
+        Interrupts the faults holding the mapping lock for reading (see
+        :mod:`aiomemmap.mm.io`), then takes the mapping lock (writing),
+        then the active lock.
 
     Cancellation:
         Once the mapping lock is held, closing finishes before the
@@ -66,6 +76,8 @@ async def aclose(self: AddressSpace) -> None:
     """
     if self._closed:
         return
+    # Before waiting for the lock: faults arriving later queue behind it.
+    interrupt_faults(self, closing=True)
     async with self._mapping_write():
         if self._is_closed():
             return

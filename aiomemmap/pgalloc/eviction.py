@@ -16,6 +16,13 @@ The books are:
 * *evicting* bytes: pages a user has revoked whose memory is freed once the
   spaces mapping them have dropped them (:meth:`Evictor.begin_eviction`,
   :meth:`Evictor.end_eviction`); the budget counts them as gone;
+* *pinned* bytes: pages an access in progress is about to copy
+  (:meth:`Evictor.pin`, :meth:`Evictor.unpin`; see
+  :mod:`~aiomemmap.pgalloc.access_pins`). Users never evict them. When what
+  is cached is pinned (or dirty) the budget cannot be met: a reservation is
+  then forced and the cache exceeds the limit until the accesses end,
+  rather than evicting pages an access still needs and starting it over
+  (which would never end);
 * the registry: one entry per ``(user, start)``, least recently used first,
   across every user of the file. Popping removes the entry, so two evictors
   never pick the same range. An entry is a hint: the user decides, when asked
@@ -51,8 +58,8 @@ class Evictor:
             with ``lock`` held.
 
     Invariants:
-        ``0 <= reserved``, ``0 <= evicting``; registry keys are distinct
-        ``(user, start)`` pairs with ``start < end``.
+        ``0 <= reserved``, ``0 <= evicting``, ``0 <= pinned``; registry
+        keys are distinct ``(user, start)`` pairs with ``start < end``.
 
     Concurrency:
         Thread-safe through ``lock``. :meth:`reserve` awaits the users it
@@ -66,6 +73,7 @@ class Evictor:
         "_evictions",
         "_limit",
         "_lock",
+        "_pinned",
         "_reserved",
     )
 
@@ -79,6 +87,7 @@ class Evictor:
         self._reserved = 0
         self._evicting = 0
         self._evictions = 0
+        self._pinned = 0
         self._evictable: OrderedDict[tuple[EvictableUser, int], int] = OrderedDict()
 
     @property
@@ -90,6 +99,45 @@ class Evictor:
     def evictions(self) -> int:
         """Pages evicted so far (counted by :meth:`begin_eviction`)."""
         return self._evictions
+
+    @property
+    def pinned_bytes(self) -> int:
+        """Bytes pinned by accesses in progress (:meth:`pin`); never evicted."""
+        return self._pinned
+
+    def pin(self, length: int) -> None:
+        """Record that ``length`` more bytes are pinned by accesses in progress.
+
+        Users report the bytes that became pinned (counted once however
+        many accesses pin them); pinned pages are not evicted until
+        :meth:`unpin`.
+
+        Raises:
+            ValueError: ``length`` is negative.
+
+        Locking:
+            Takes the lock briefly.
+        """
+        if length < 0:
+            raise ValueError(f"pin: length must be >= 0, got {length}")
+        with self._lock:
+            self._pinned += length
+
+    def unpin(self, length: int) -> None:
+        """Record that ``length`` bytes pinned by :meth:`pin` are no longer pinned.
+
+        Raises:
+            ValueError: More is unpinned than is pinned.
+
+        Locking:
+            Takes the lock briefly.
+        """
+        with self._lock:
+            if not 0 <= length <= self._pinned:
+                raise ValueError(
+                    f"unpin: {length} bytes, but {self._pinned} are pinned"
+                )
+            self._pinned -= length
 
     # ------------------------------------------------------------------
     # The budget
@@ -203,10 +251,12 @@ class Evictor:
         Pops the least recently used evictable ranges, of any user, and asks
         each user to evict its range until the reservation is granted. Each
         range registered at the start is tried at most about once; if the
-        budget still does not allow it (what is left is dirty and cannot be
-        written now, in use, or not registered yet), the reservation is
-        forced: the cache then exceeds the limit by at most ``length``,
-        rather than waiting for room that may never come.
+        budget still does not allow it (what is left is dirty, pinned by an
+        access in progress, or not registered yet), the reservation is
+        forced: the cache then exceeds the limit by at most ``length`` more,
+        rather than waiting for room that may never come. Users' ``evict``
+        never waits for storage (a dirty range's write-back runs on its
+        own), so neither does this call.
 
         The caller gives the reservation back with :meth:`release` once the
         pages are allocated.
@@ -325,10 +375,10 @@ class Evictor:
 
     def check_invariants_locked(self) -> None:
         """Check the books and the registry; raise :class:`InvariantError`."""
-        if self._reserved < 0 or self._evicting < 0:
+        if self._reserved < 0 or self._evicting < 0 or self._pinned < 0:
             raise InvariantError(
                 f"cache budget books went negative: reserved={self._reserved}, "
-                f"evicting={self._evicting}"
+                f"evicting={self._evicting}, pinned={self._pinned}"
             )
         for (_, start), end in self._evictable.items():
             if not 0 <= start < end:
