@@ -33,6 +33,7 @@ and :func:`open_backing` of a URL that needs them load aiohttp or fsspec.
 from __future__ import annotations
 
 import importlib as _importlib
+import sys as _sys
 import typing as _typing
 
 if _typing.TYPE_CHECKING:
@@ -311,3 +312,11 @@ def __dir__() -> list[str]:
 # and should still report a misspelt one.
 if not _typing.TYPE_CHECKING:
     __getattr__ = _load
+
+
+# fsspec's cache type "aiomemmap" is registered when its module is imported;
+# a program that imported fsspec's caches before this package gets it now.
+# Otherwise nothing is imported here: ``import aiomemmap.faces.fsspec_cache``
+# (or any use of the ``aiomemmap::`` protocol) registers it later.
+if "fsspec.caching" in _sys.modules:
+    _importlib.import_module("aiomemmap.faces.fsspec_cache")
