@@ -270,3 +270,24 @@ def test_exit_with_files_open_neither_hangs_nor_warns():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "exiting with files open"
     assert proc.stderr == ""
+
+
+def test_start_thread_on_the_class_creates_and_starts_an_engine(tmp_path):
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"0123456789")
+    with Engine.start_thread(cache_limit=1 * MiB, use_uvloop=False) as et:
+        assert isinstance(et, EngineThread)
+        assert et.engine.memory_file.cache_limit == 1 * MiB
+        f = et.open_file(str(path))
+        assert et.call(f.read, 2, 3) == b"234"
+        et.close_file(f)
+    assert et.engine.closed
+
+
+def test_start_thread_on_an_engine_that_already_ran_is_refused():
+    engine = Engine()
+    with engine.start_thread() as et:
+        with pytest.raises(RuntimeError, match="already runs"):
+            engine.start_thread()
+    with pytest.raises(ClosedError):
+        et.engine.start_thread()

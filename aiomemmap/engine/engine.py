@@ -32,7 +32,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Final, Protocol, final, overload
 
 from aiomemmap._core.cancel import finish_shielded
 from aiomemmap._core.errors import BusError, ClosedError, WrongLoopError
@@ -110,6 +110,48 @@ class _OpenFile:
         self.backing = backing
         self.users = 0
         self.closed = False
+
+
+class _StartNew(Protocol):
+    def __call__(
+        self,
+        *,
+        cache_limit: int | None = None,
+        memory_file: MemoryFile | None = None,
+        use_uvloop: bool | None = None,
+    ) -> EngineThread: ...
+
+
+class _StartThis(Protocol):
+    def __call__(self, *, use_uvloop: bool | None = None) -> EngineThread: ...
+
+
+@final
+class _ThreadStarter:
+    """``Engine.start_thread``: a new engine on the class, this one on an engine."""
+
+    @overload
+    def __get__(self, engine: None, owner: type[Engine]) -> _StartNew: ...
+
+    @overload
+    def __get__(self, engine: Engine, owner: type[Engine]) -> _StartThis: ...
+
+    def __get__(
+        self, engine: Engine | None, owner: type[Engine]
+    ) -> _StartNew | _StartThis:
+        if engine is not None:
+            return engine._start_thread
+
+        def start_new(
+            *,
+            cache_limit: int | None = None,
+            memory_file: MemoryFile | None = None,
+            use_uvloop: bool | None = None,
+        ) -> EngineThread:
+            new = owner(cache_limit=cache_limit, memory_file=memory_file)
+            return new._start_thread(use_uvloop=use_uvloop)
+
+        return start_new
 
 
 @final
@@ -288,25 +330,33 @@ class Engine:
         if first_error is not None:
             raise first_error
 
-    def start_thread(self, *, use_uvloop: bool | None = None) -> EngineThread:
-        """Run this engine on a daemon thread and event loop of its own.
+    start_thread = _ThreadStarter()
+    """Run an engine on a daemon thread and event loop of its own.
 
-        For synchronous programs: every call made through the returned
-        :class:`~aiomemmap.EngineThread` is handed to that loop.
+    For synchronous programs: every call made through the returned
+    :class:`~aiomemmap.EngineThread` is handed to that loop. Called on the
+    class, ``Engine.start_thread(cache_limit=..., memory_file=...,
+    use_uvloop=...)`` creates the engine and starts it; called on an engine
+    that was never used, ``engine.start_thread(use_uvloop=...)`` starts that
+    one.
 
-        Args:
-            use_uvloop: Run the thread's loop on uvloop: ``None`` when uvloop
-                is installed, ``True`` to require it, ``False`` for asyncio's
-                own loop.
+    Args:
+        cache_limit: As for :class:`Engine` (on the class only).
+        memory_file: As for :class:`Engine` (on the class only).
+        use_uvloop: Run the thread's loop on uvloop: ``None`` when uvloop
+            is installed, ``True`` to require it, ``False`` for asyncio's
+            own loop.
 
-        Returns:
-            The running engine thread; closing it closes the engine.
+    Returns:
+        The running engine thread; closing it closes the engine.
 
-        Raises:
-            ClosedError: The engine is closed.
-            RuntimeError: The engine already runs on a loop.
-            ImportError: ``use_uvloop`` is true and uvloop is not installed.
-        """
+    Raises:
+        ClosedError: The engine is closed.
+        RuntimeError: The engine already runs on a loop.
+        ImportError: ``use_uvloop`` is true and uvloop is not installed.
+    """
+
+    def _start_thread(self, *, use_uvloop: bool | None = None) -> EngineThread:
         from aiomemmap.engine.thread import EngineThread
 
         if self._closed:

@@ -68,7 +68,7 @@ class EngineThread:
     Made by :meth:`Engine.start_thread` (or :func:`~aiomemmap.default_engine`).
     From any other thread::
 
-        et = Engine(cache_limit=256 << 20).start_thread()
+        et = Engine.start_thread(cache_limit=256 << 20)
         f = et.open_file("https://host/data.bin")   # a CachedFile
         head = et.call(f.read, 0, 4096)             # run on the engine's loop
         et.close_file(f)
