@@ -286,8 +286,10 @@ def test_start_thread_on_the_class_creates_and_starts_an_engine(tmp_path):
 
 def test_start_thread_on_an_engine_that_already_ran_is_refused():
     engine = Engine()
-    with engine.start_thread() as et:
-        with pytest.raises(RuntimeError, match="already runs"):
-            engine.start_thread()
+    with (
+        engine.start_thread() as et,
+        pytest.raises(RuntimeError, match="already runs"),
+    ):
+        engine.start_thread()
     with pytest.raises(ClosedError):
         et.engine.start_thread()
