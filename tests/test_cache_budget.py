@@ -8,6 +8,7 @@ import random
 import anyio
 import pytest
 
+from aiomemmap import BusError, StaleVersionError
 from aiomemmap._core.access import AccessType
 from aiomemmap._core.pages import PAGE_SIZE
 from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
@@ -415,7 +416,15 @@ async def test_budget_eviction_races(mf, op):
     if op == "aclose":
         assert all(type(e).__name__ in {"ClosedError", "BusError"} for e in errors)
     else:
-        assert not errors
+        if op == "revalidate":
+            # A read in flight that came up short of the old size fails
+            # clearly (never zeros); the others see one size or the other.
+            assert all(
+                isinstance(e, BusError) and isinstance(e.err, StaleVersionError)
+                for e in errors
+            )
+        else:
+            assert not errors
         f.check_invariants()
         size = f.size
         assert size is not None

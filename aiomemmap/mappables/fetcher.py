@@ -280,7 +280,9 @@ class Fetcher:
 
         Raises:
             BusError: A fetch of a required page failed (or the file shrank
-                below ``start``: the cause is an ``EOFError``).
+                below ``start``: the cause is an ``EOFError``). When the
+                cause is a ``StaleVersionError``, it is raised once the owner
+                has dropped the old version and learnt the new one.
             ClosedError: The fetcher is closed.
 
         Cancellation:
@@ -318,6 +320,11 @@ class Fetcher:
                     raise InvariantError(f"no fetch started at {hole_start:#x}")
             await fetch.done.wait()
             if fetch.error is not None:
+                if isinstance(fetch.error, StaleVersionError):
+                    # Fail only once the file is the new version (the
+                    # spaces that mapped the old one were told).
+                    while self._held is not None:
+                        await self._held.wait()
                 raise BusError(fetch.error)
 
     @contextlib.contextmanager
