@@ -134,3 +134,61 @@ async def test_aclose_interrupts_every_stuck_copy_and_later_ones_fail_closed() -
         with anyio.fail_after(30):
             await cf.aclose()
         assert mf.statistics().used_bytes == 0
+
+
+class Releasable(NeverAnswers):
+    """A backing whose hung reads can be let go."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.released = asyncio.Event()
+
+    async def read_into(self, offset: int, buf: memoryview) -> int:
+        if self.hang:
+            self.entered.set()
+            await self.released.wait()
+        return await self.inner.read_into(offset, buf)
+
+
+@pytest.mark.parametrize("writer", ["munmap", "mmap", "mprotect"])
+async def test_a_mapping_change_is_not_held_hostage_by_a_stuck_fault(
+    writer: str,
+) -> None:
+    data = random.Random(3).randbytes(64 * P)
+    backing = Releasable(data)
+    with MemoryFile("stuck-writer") as mf:
+        cf = CachedFile(backing, mf)
+        async with AddressSpace(mf) as asp:
+            a = await asp.mmap(
+                MMapOpts(
+                    length=len(data),
+                    mappable=cf,
+                    mapping_identity=cf,
+                    perms=AccessType.READ,
+                    max_perms=AccessType.READ_EXECUTE,
+                )
+            )
+            other = await asp.mmap(MMapOpts(length=4 * P))
+            with anyio.fail_after(30):
+                assert await asp.copy_in(a, 8) == data[:8]
+                backing.hang = True
+                stuck = asyncio.ensure_future(asp.copy_in(a + 32 * P, 4 * P))
+                await backing.entered.wait()
+                assert faults_in_flight(asp) == 1
+                # The writer gets the mapping lock although the copy's
+                # Mappable never answers; the copy lets go and waits.
+                if writer == "munmap":
+                    await asp.munmap(other, 4 * P)
+                elif writer == "mmap":
+                    await asp.mmap(MMapOpts(length=2 * P))
+                else:
+                    await asp.mprotect(other, P, AccessType.READ)
+                assert not stuck.done()
+                # Once the storage answers, the copy starts over and gets
+                # the right bytes; the fetch it waited for was not repeated.
+                backing.released.set()
+                assert await stuck == data[32 * P : 36 * P]
+            assert faults_in_flight(asp) == 0
+            asp.check_invariants()
+        await cf.aclose()
+        assert mf.statistics().used_bytes == 0

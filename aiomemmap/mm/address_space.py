@@ -145,6 +145,7 @@ class AddressSpace:
         "_closed",
         "_def_mlock_mode",
         "_faults",
+        "_faults_in_flight",
         "_layout",
         "_limits",
         "_mapping_lock",
@@ -201,6 +202,10 @@ class AddressSpace:
             memory_file, platform if platform is not None else NoPlatform()
         )
         self._faults = 0
+        # Slow-path faults and copies waiting for a Mappable under the
+        # mapping lock (mm.io's in-flight records), which a writer of the
+        # mapping lock or aclose() interrupts.
+        self._faults_in_flight: set[_io.InFlight] = set()
         self._brk_start = 0
         self._brk_end = 0
         self._def_mlock_mode = MLockMode.NONE
@@ -417,6 +422,11 @@ class AddressSpace:
     @asynccontextmanager
     async def _mapping_write(self) -> AsyncIterator[None]:
         """Hold the mapping lock for writing; release dropped identities after."""
+        # A fault waiting for its Mappable under the mapping lock would keep
+        # this writer out for as long as the Mappable takes (forever, if its
+        # storage hung): have it let go and start over after the writer, as
+        # a Linux fault drops mmap_lock and retries.
+        _io.interrupt_faults(self, closing=False)
         await self._mapping_lock.acquire_write()
         dropped: list[MappingIdentity] = []
         self._vmas.dropped = dropped

@@ -65,7 +65,7 @@ _RETRY: Final = "retry"
 
 
 @final
-class _InFlight:
+class InFlight:
     """One slow-path fault or copy waiting under the mapping lock.
 
     A context manager around the wait. :meth:`interrupt` cancels the wait
@@ -76,12 +76,12 @@ class _InFlight:
 
     __slots__ = ("_registry", "_timeout", "reason")
 
-    def __init__(self, registry: set[_InFlight]) -> None:
+    def __init__(self, registry: set[InFlight]) -> None:
         self._registry = registry
         self._timeout = asyncio.timeout(None)
         self.reason: str | None = None
 
-    async def __aenter__(self) -> _InFlight:
+    async def __aenter__(self) -> InFlight:
         await self._timeout.__aenter__()
         self._registry.add(self)
         return self
@@ -111,27 +111,13 @@ class _Interrupted(Exception):
     """A fault's wait was interrupted; ``args[0]`` says why."""
 
 
-# Space -> its faults in flight. An entry exists only while one is (each
-# holds the space), so the space's id is not reused meanwhile.
-_IN_FLIGHT: dict[int, set[_InFlight]] = {}
-
-
-def _in_flight(space: AddressSpace) -> _InFlight:
-    registry = _IN_FLIGHT.get(id(space))
-    if registry is None:
-        registry = _IN_FLIGHT[id(space)] = set()
-    return _InFlight(registry)
-
-
-def _forget_if_idle(space: AddressSpace) -> None:
-    registry = _IN_FLIGHT.get(id(space))
-    if registry is not None and not registry:
-        del _IN_FLIGHT[id(space)]
+def _in_flight(space: AddressSpace) -> InFlight:
+    return InFlight(space._faults_in_flight)
 
 
 def faults_in_flight(space: AddressSpace) -> int:
     """Return how many slow-path faults and copies of ``space`` are waiting."""
-    return len(_IN_FLIGHT.get(id(space), ()))
+    return len(space._faults_in_flight)
 
 
 def interrupt_faults(space: AddressSpace, *, closing: bool) -> int:
@@ -149,7 +135,7 @@ def interrupt_faults(space: AddressSpace, *, closing: bool) -> int:
         the mapping lock for writing (readers that arrive later queue
         behind that writer).
     """
-    registry = _IN_FLIGHT.get(id(space))
+    registry = space._faults_in_flight
     if not registry:
         return 0
     reason = _CLOSING if closing else _RETRY
@@ -240,14 +226,11 @@ async def _fault_slow(self: AddressSpace, addr: int, at: AccessType) -> None:
                         f"({vseg.value.effective_perms})",
                     )
                 self._faults += 1
-                try:
-                    with Access():
-                        async with _in_flight(self):
-                            _reached, err = await self._pmas.get(
-                                self._vmas, start, end, at, reached_and_error
-                            )
-                finally:
-                    _forget_if_idle(self)
+                with Access():
+                    async with _in_flight(self):
+                        _reached, err = await self._pmas.get(
+                            self._vmas, start, end, at, reached_and_error
+                        )
         except _Interrupted as exc:
             if exc.args[0] == _CLOSING:
                 raise _closed_under("handle_fault") from None
@@ -536,8 +519,6 @@ async def _io_locked(
                 done = await self._pmas.get(self._vmas, p_start, p_end, at, use)
     except OutOfMemoryError as exc:
         return 0, exc
-    finally:
-        _forget_if_idle(self)
     return done, error
 
 
