@@ -10,7 +10,7 @@ import pytest
 import uvloop
 from hypothesis import HealthCheck, settings
 
-from aiomemmap._core.debug import set_debug
+from aiomemmap import set_debug
 
 os.environ.setdefault("AIOMEMMAP_DEBUG", "1")
 set_debug(True)

@@ -32,13 +32,18 @@ from typing import Any
 
 import anyio
 
-from aiomemmap._core.access import AccessType
-from aiomemmap._core.blockseq import BlockSeq, copy_seq
-from aiomemmap._core.errors import BusError
-from aiomemmap._core.pages import PAGE_SIZE
-from aiomemmap._core.ranges import AddrRange, MappableRange
-from aiomemmap.memmap.interfaces import InvalidateOpts, check_translate_result
-from aiomemmap.pgalloc.memory_file import MemoryFile
+from aiomemmap import (
+    PAGE_SIZE,
+    AccessType,
+    AddrRange,
+    BlockSeq,
+    BusError,
+    InvalidateOpts,
+    MappableRange,
+    MemoryFile,
+    check_translate_result,
+    copy_seq,
+)
 
 P = PAGE_SIZE
 Cleanup = Callable[[], Awaitable[None]]

@@ -8,7 +8,7 @@ from typing import Literal, cast
 
 from hypothesis import strategies as st
 
-from aiomemmap._core.blockseq import BlockSeq
+from aiomemmap import BlockSeq
 
 __all__ = ["SplitBuffer", "split_buffers"]
 

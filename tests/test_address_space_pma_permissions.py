@@ -21,13 +21,13 @@ from aiomemmap import (
     PAGE_SIZE,
     AccessType,
     AddressSpace,
+    InvariantError,
     Layout,
     MemoryFault,
     MemoryFile,
     MMapOpts,
     MRemapMove,
 )
-from aiomemmap._core.errors import InvariantError
 
 P = PAGE_SIZE
 BASE = 0x100000

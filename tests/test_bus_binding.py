@@ -26,8 +26,8 @@ from aiomemmap import (
     MemoryFile,
     MMapOpts,
     SharedMemory,
+    WrongLoopError,
 )
-from aiomemmap._core.errors import WrongLoopError
 from aiomemmap.memmap.bus import default_bus
 
 DEADLINE = 10

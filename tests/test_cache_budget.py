@@ -8,15 +8,22 @@ import random
 import anyio
 import pytest
 
-from aiomemmap import BusError, StaleVersionError
-from aiomemmap._core.access import AccessType
-from aiomemmap._core.pages import PAGE_SIZE
-from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
-from aiomemmap.backings.base import BytesBacking
-from aiomemmap.mappables.cached_file import CachedFile
-from aiomemmap.mappables.readahead import FixedReadahead, NoReadahead
-from aiomemmap.memmap.interfaces import InvalidateOpts
-from aiomemmap.pgalloc.memory_file import MemoryFile, MemoryKind
+from aiomemmap import (
+    PAGE_SIZE,
+    AccessType,
+    AddrRange,
+    BusError,
+    BytesBacking,
+    CachedFile,
+    FileRange,
+    FixedReadahead,
+    InvalidateOpts,
+    MappableRange,
+    MemoryFile,
+    MemoryKind,
+    NoReadahead,
+    StaleVersionError,
+)
 
 P = PAGE_SIZE
 KiB = 1024

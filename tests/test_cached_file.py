@@ -8,23 +8,34 @@ import random
 import anyio
 import pytest
 
-from aiomemmap import InvalidationBus
-from aiomemmap._core.access import AccessType
-from aiomemmap._core.errors import AlignmentError, BusError, ClosedError, LockOrderError
-from aiomemmap._core.locks import LockRank, OrderedLock
-from aiomemmap._core.pages import PAGE_SIZE
-from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
-from aiomemmap.backings.base import BytesBacking, FaultInjectingBacking, RetryPolicy
-from aiomemmap.mappables.cached_file import CachedFile, CacheStatistics
-from aiomemmap.mappables.readahead import (
+from aiomemmap import (
+    PAGE_SIZE,
+    AccessType,
     AdaptiveReadahead,
+    AddrRange,
+    AlignmentError,
+    BusError,
+    BytesBacking,
+    CachedFile,
+    CacheStatistics,
+    ClosedError,
+    FaultInjectingBacking,
+    FileRange,
     FixedReadahead,
+    InvalidateOpts,
+    InvalidationBus,
+    LockOrderError,
+    LockRank,
+    MappableRange,
+    MemoryFile,
+    MemoryKind,
     NoReadahead,
+    OrderedLock,
     ReadaheadHint,
+    RetryPolicy,
+    check_translate_result,
 )
 from aiomemmap.memmap.bus import default_bus
-from aiomemmap.memmap.interfaces import InvalidateOpts, check_translate_result
-from aiomemmap.pgalloc.memory_file import MemoryFile, MemoryKind
 
 P = PAGE_SIZE
 KiB = 1024

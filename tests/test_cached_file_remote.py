@@ -27,21 +27,25 @@ import fsspec
 import fsspec.core
 import pytest
 
-from aiomemmap._core.access import AccessType
-from aiomemmap._core.errors import BusError, ClosedError
-from aiomemmap._core.pages import PAGE_SIZE
-from aiomemmap._core.ranges import AddrRange, MappableRange
-from aiomemmap.backings.base import (
+from aiomemmap import (
+    PAGE_SIZE,
+    AccessType,
+    AddrRange,
     Backing,
+    BusError,
+    CachedFile,
+    ClosedError,
     FaultInjectingBacking,
     FsspecBacking,
+    InvalidateOpts,
+    MappableRange,
+    MemoryFile,
+    MemoryKind,
+    NoReadahead,
     RetryPolicy,
+    check_translate_result,
     open_backing,
 )
-from aiomemmap.mappables.cached_file import CachedFile
-from aiomemmap.mappables.readahead import NoReadahead
-from aiomemmap.memmap.interfaces import InvalidateOpts, check_translate_result
-from aiomemmap.pgalloc.memory_file import MemoryFile, MemoryKind
 from aiomemmap.tools.http_server import RangeHTTPServer
 from tests.s3_server import moto_s3
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from aiomemmap import BytesBacking, CachedFile, MemoryFile
-from aiomemmap._core.pages import PAGE_SIZE
-from aiomemmap._core.ranges import FileRange, MappableRange
-from aiomemmap.memmap.interfaces import EvictableUser
+from aiomemmap import (
+    PAGE_SIZE,
+    BytesBacking,
+    CachedFile,
+    EvictableUser,
+    FileRange,
+    MappableRange,
+    MemoryFile,
+    MemoryKind,
+)
 from aiomemmap.pgalloc.eviction import Evictor
-from aiomemmap.pgalloc.memory_file import MemoryKind
 
 P = PAGE_SIZE
 MiB = 1024 * 1024

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
+from aiomemmap import PAGE_SIZE
 from aiomemmap._core import host
-from aiomemmap._core.pages import PAGE_SIZE
 
 P = PAGE_SIZE
 

@@ -246,10 +246,3 @@ def test_type_checking_imports_match_the_lazy_table():
         defined_in = getattr(aiomemmap, name)
         if isinstance(defined_in, type) or callable(defined_in):
             assert defined_in.__module__ == module, name
-
-
-def test_moved_backings_resolve_from_the_protocol_module():
-    from aiomemmap.backings import base
-
-    assert base.BytesBacking is aiomemmap.BytesBacking  # type: ignore[attr-defined]
-    assert base.open_backing is aiomemmap.open_backing  # type: ignore[attr-defined]

@@ -11,16 +11,16 @@ from collections.abc import Awaitable, Callable
 import fsspec
 import pytest
 
-from aiomemmap.backings.base import (
+from aiomemmap import (
     Backing,
     BytesBacking,
+    CachedFile,
     FsspecBacking,
     LocalFileBacking,
+    MemoryFile,
+    SharedMemory,
     open_backing,
 )
-from aiomemmap.mappables.cached_file import CachedFile
-from aiomemmap.mappables.shared_memory import SharedMemory
-from aiomemmap.pgalloc.memory_file import MemoryFile
 from aiomemmap.tools.http_server import RangeHTTPServer
 from tests.mappable_contract import (
     CONTRACT_CHECKS,

@@ -18,28 +18,28 @@ from hypothesis.stateful import (
     rule,
 )
 
-from aiomemmap._core import host
-from aiomemmap._core.access import AccessType
-from aiomemmap._core.blockseq import BlockSeq, copy_seq
-from aiomemmap._core.debug import set_debug
-from aiomemmap._core.errors import (
+from aiomemmap import (
+    HUGE_PAGE_SIZE,
+    PAGE_SIZE,
     AccessDeniedError,
+    AccessType,
+    AddrRange,
     AlignmentError,
+    BlockSeq,
     ClosedError,
-    OutOfMemoryError,
-    RefCountError,
-)
-from aiomemmap._core.pages import HUGE_PAGE_SIZE, PAGE_SIZE
-from aiomemmap._core.ranges import AddrRange, FileRange
-from aiomemmap.pgalloc import memory_file as _memfile
-from aiomemmap.pgalloc.free_extents import FreeExtents
-from aiomemmap.pgalloc.memory_file import (
-    DEFAULT_CHUNK_SIZE,
-    MAX_FILE_SIZE,
+    FileRange,
     MemoryFile,
     MemoryFileStatistics,
     MemoryKind,
+    OutOfMemoryError,
+    RefCountError,
+    copy_seq,
+    set_debug,
 )
+from aiomemmap._core import host
+from aiomemmap.pgalloc import memory_file as _memfile
+from aiomemmap.pgalloc.free_extents import FreeExtents
+from aiomemmap.pgalloc.memory_file import DEFAULT_CHUNK_SIZE, MAX_FILE_SIZE
 
 P = PAGE_SIZE
 CHUNK = HUGE_PAGE_SIZE  # Small chunks so that tests cross chunk boundaries.

@@ -8,14 +8,17 @@ from typing import Any
 
 import pytest
 
-from aiomemmap._core.access import AccessType
-from aiomemmap._core.blockseq import BlockSeq
-from aiomemmap._core.errors import AlignmentError, BusError
-from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
-from aiomemmap.memmap.interfaces import (
+from aiomemmap import (
+    AccessType,
+    AddrRange,
+    AlignmentError,
+    BlockSeq,
+    BusError,
     File,
+    FileRange,
     InvalidateOpts,
     Mappable,
+    MappableRange,
     MappingIdentity,
     MappingSpace,
     MLockMode,

@@ -21,14 +21,14 @@ from aiomemmap import (
     AccessType,
     AddressSpace,
     AddressSpaceError,
+    InvariantError,
     Layout,
     Limits,
     MemoryFile,
     MLockMode,
     MMapOpts,
+    NoPlatform,
 )
-from aiomemmap._core.errors import InvariantError
-from aiomemmap.mm.platform import NoPlatform
 from aiomemmap.mm.pma import PmaCache
 from aiomemmap.mm.vma import Vma, VmaMap
 

@@ -23,17 +23,18 @@ from aiomemmap import (
     BusError,
     BytesBacking,
     CachedFile,
+    File,
+    FileRange,
     InvalidationBus,
     Layout,
     MemoryFile,
     MMapOpts,
     MRemapMove,
+    NoPlatform,
+    Platform,
     RefCountError,
     SharedMemory,
 )
-from aiomemmap._core.ranges import FileRange
-from aiomemmap.memmap.interfaces import File
-from aiomemmap.mm.platform import NoPlatform, Platform
 
 P = PAGE_SIZE
 BASE = 0x100000

@@ -6,16 +6,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aiomemmap._core.errors import AlignmentError
-from aiomemmap._core.pages import PAGE_SIZE, page_round_up
-from aiomemmap._core.ranges import MappableRange
+from aiomemmap import (
+    PAGE_SIZE,
+    AdaptiveReadahead,
+    AlignmentError,
+    FixedReadahead,
+    MappableRange,
+    NoReadahead,
+    ReadaheadHint,
+    page_round_up,
+)
 from aiomemmap.mappables.readahead import (
     DEFAULT_INITIAL_WINDOW,
     DEFAULT_MAXIMUM_WINDOW,
-    AdaptiveReadahead,
-    FixedReadahead,
-    NoReadahead,
-    ReadaheadHint,
     ReadaheadPolicy,
     ReadaheadState,
 )

@@ -19,21 +19,29 @@ from hypothesis.stateful import (
     rule,
 )
 
-from aiomemmap import InvalidationBus
-from aiomemmap._core.access import AccessType
-from aiomemmap._core.errors import AlignmentError, BusError, ClosedError, RefCountError
-from aiomemmap._core.ranges import AddrRange, FileRange, MappableRange
+from aiomemmap import (
+    AccessType,
+    AddrRange,
+    AlignmentError,
+    BusError,
+    ClosedError,
+    FileRange,
+    InvalidationBus,
+    MappableRange,
+    MemoryFile,
+    MemoryKind,
+    RefCountError,
+    SharedMemory,
+    check_translate_result,
+)
 from aiomemmap.mappables.shared_memory import (
     FILL_LIMIT,
     MAX_SHARED_MEMORY_SIZE,
     SHARED_MEMORY_DEVICE_ID,
     TRANSLATE_LIMIT,
-    SharedMemory,
     max_optional_range,
 )
 from aiomemmap.memmap.bus import default_bus
-from aiomemmap.memmap.interfaces import check_translate_result
-from aiomemmap.pgalloc.memory_file import MemoryFile, MemoryKind
 from tests.mappable_contract import P, RecordingSpace, pattern
 
 MiB = 1024 * 1024

@@ -25,14 +25,14 @@ import pytest
 
 from aiomemmap import (
     BytesBacking,
+    FsspecBacking,
     HttpBacking,
     LocalFileBacking,
     RetryPolicy,
+    StaleVersionError,
     open_backing,
 )
-from aiomemmap._core.errors import StaleVersionError
 from aiomemmap.backings.base import is_transient, read_fully
-from aiomemmap.backings.fsspec_backing import FsspecBacking
 from aiomemmap.tools.http_server import RangeHTTPServer
 from tests.s3_server import moto_s3
 

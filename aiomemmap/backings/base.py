@@ -676,29 +676,3 @@ def _bad_count(backing: Backing, pos: int, asked: int, n: object) -> OSError:
         f"{backing!r}.read_into({pos}, <{asked} bytes>) returned {what}, "
         f"not a byte count in [0, {asked}]",
     )
-
-
-# The backings that live in modules of their own, by the module that holds
-# each; ``from aiomemmap.backings.base import HttpBacking`` resolves through
-# here on first use, and loads only the module it names.
-_MOVED: Final[dict[str, str]] = {
-    "BytesBacking": "aiomemmap.backings.memory",
-    "FaultInjectingBacking": "aiomemmap.backings.testing",
-    "FsspecBacking": "aiomemmap.backings.fsspec_backing",
-    "HttpBacking": "aiomemmap.backings.http",
-    "LocalFileBacking": "aiomemmap.backings.local",
-    "open_backing": "aiomemmap.backings.opener",
-}
-
-
-def _load_moved(name: str) -> object:
-    module = _MOVED.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
-
-
-if not typing.TYPE_CHECKING:
-    __getattr__ = _load_moved
