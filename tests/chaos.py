@@ -47,6 +47,7 @@ import asyncio
 import contextlib
 import contextvars
 import errno
+import io
 import os
 import random
 import sys
@@ -87,19 +88,6 @@ KiB = 1024
 
 REGION = 4 * P
 """Writable files are locked by the soak in regions of this many bytes."""
-
-REVALIDATE_OF_WRITABLE_FILES_EXCLUDED = True
-"""``revalidate()`` is called on read-only files only.
-
-A change made through a writable :class:`~aiomemmap.CachedFile` (a write,
-a write-back, a truncation) asks the backing for its new version only after
-the change is made; when the change fails part way (an error writing the
-second of two pages back), is cancelled between the change and the
-question, or the question itself fails, the file keeps the old version.
-The next ``revalidate()`` then takes the file's own change for another
-writer's and drops the cache, dirty pages included. The soak leaves that
-outcome out until it is fixed.
-"""
 
 _WORKER: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "chaos_worker", default=None
@@ -477,6 +465,8 @@ class Soak:
         self.objects: list[VersionedObject] = []
         self.server: Any = None
         self.current: dict[int, str] = {}
+        self.started: dict[int, float] = {}
+        self.stacks = ""
 
     # -- failure reporting ------------------------------------------------
 
@@ -934,8 +924,12 @@ class Soak:
             changed = await fm.cf.revalidate()
         except OSError as exc:
             return type(exc).__name__
-        if fm.kind != "ver" and changed:
+        if fm.kind == "ro" and changed:
             raise self.fail(f"revalidate of {fm.name} found a change nobody made")
+        # A writable file's own change that failed part way (a write, a
+        # write-back, a truncation) leaves it the old version: revalidation
+        # may then drop its cache, after writing the dirty pages back, and
+        # the model checks that every byte written is still read.
         if changed:
             fm.floor = max(fm.floor, count - 1)
         return "changed" if changed else "same"
@@ -1240,8 +1234,6 @@ class Soak:
         if kind == "sync":
             return await self.op_sync(rng, rng.choice(rw))
         if kind == "revalidate":
-            if REVALIDATE_OF_WRITABLE_FILES_EXCLUDED and fm.kind == "rw":
-                return "excluded"
             return await self.op_revalidate(rng, fm)
         if kind == "replace":
             return await self.op_replace(rng, rng.choice(ver))
@@ -1261,14 +1253,36 @@ class Soak:
         _WORKER.set(index)
         rng = random.Random(self.config.seed * 1000 + index)
         for _ in range(count):
+            self.started[index] = time.monotonic()
             try:
                 await self.run_op(rng, mf)
             except TimeoutError as exc:
-                raise self.fail(
+                failure = self.fail(
                     f"worker {index}: an operation outlived its "
                     f"{self.config.deadline:g} s deadline: "
                     f"{self.current.get(index, '?')}"
-                ) from exc
+                )
+                if self.stacks:
+                    failure.add_note(self.stacks)
+                raise failure from exc
+        self.started.pop(index, None)
+
+    async def watchdog(self) -> None:
+        """Keep the stack of every task once an operation nears its deadline.
+
+        A hang is diagnosed by what each task waits for at the moment it
+        hangs, before the deadline cancels the stuck operation.
+        """
+        while True:
+            await anyio.sleep(0.5)
+            now = time.monotonic()
+            late = [
+                w
+                for w, t in self.started.items()
+                if now - t > self.config.deadline * 0.9
+            ]
+            if late and not self.stacks:
+                self.stacks = _task_stacks()
 
     # -- the run ----------------------------------------------------------
 
@@ -1286,9 +1300,12 @@ class Soak:
                         await self.new_space(mf)
                 per_worker = -(-cfg.ops // cfg.workers)
                 try:
-                    async with anyio.create_task_group() as tg:
-                        for i in range(cfg.workers):
-                            tg.start_soon(self.worker, i, per_worker, mf)
+                    async with anyio.create_task_group() as watch:
+                        watch.start_soon(self.watchdog)
+                        async with anyio.create_task_group() as tg:
+                            for i in range(cfg.workers):
+                                tg.start_soon(self.worker, i, per_worker, mf)
+                        watch.cancel_scope.cancel()
                 except BaseExceptionGroup as group:
                     failure = _first_failure(group)
                     if failure is None:
@@ -1405,6 +1422,32 @@ class Soak:
             faults["http_412"] += self.server.precondition_failures
 
 
+def _task_stacks() -> str:
+    """Every task of the running loop with the chain of frames it waits in."""
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        out.write(f"--- {task.get_name()}\n")
+        aw: Any = task.get_coro()
+        depth = 0
+        while aw is not None and depth < 60:
+            frame = getattr(aw, "cr_frame", None) or getattr(aw, "gi_frame", None)
+            if frame is not None:
+                code = frame.f_code
+                out.write(
+                    f"    {code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno} "
+                    f"{code.co_name}\n"
+                )
+            aw = (
+                getattr(aw, "cr_await", None)
+                or getattr(aw, "gi_yieldfrom", None)
+                or getattr(aw, "ag_await", None)
+            )
+            depth += 1
+        if aw is not None:
+            out.write(f"    waits for {aw!r}\n")
+    return out.getvalue()
+
+
 async def soak(config: SoakConfig) -> SoakReport:
     """Run one soak; raise :class:`SoakFailure` if anything is wrong."""
     return await Soak(config).run()
@@ -1450,6 +1493,8 @@ def main(argv: list[str] | None = None) -> int:
         except SoakFailure as exc:
             failed += 1
             sys.stderr.write(f"{exc}\n")
+            for note in getattr(exc, "__notes__", ()):
+                sys.stderr.write(f"{note}\n")
             continue
         sys.stdout.write(f"{report.summary()}\n")
         sys.stdout.flush()

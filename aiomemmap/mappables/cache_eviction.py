@@ -7,10 +7,10 @@ awaiting, then invalidate the spaces mapping those pages, and only then drop
 the references. Eviction never waits for storage: the dirty pages of the
 unit are left in place and a write-back of them is started in a task of
 this file (:meth:`CacheEviction._start_writeback`), which takes the file's
-lock like any write-back. A hung backing then holds up only its own file's
-write-back, never the fetch of another file that needed room; once written,
-the pages are evicted by that task if the cache is still over budget, or
-later when the budget picks them again.
+lock like any write-back, one range at a time. A hung backing then holds up
+only its own file's write-back, never the fetch of another file that needed
+room; once written, the pages are evicted by that task if the cache is still
+over budget, or later when the budget picks them again.
 """
 
 from __future__ import annotations
@@ -66,12 +66,16 @@ class CacheEviction(PageCache):
         """Have the dirty pages of ``[start, end)`` written back by a task of this file.
 
         One task a file: ranges asked for while it runs are added to its
-        queue. It takes ``_lock`` (waiting for it) and writes each range
-        back; if the cache is over budget afterwards, the pages that became
-        clean are evicted at once. A range whose write-back fails stays
-        dirty, so cached, until the budget picks it again.
+        queue, each range once however often the budget picks it. The task
+        takes ``_lock`` for one range at a time, so that the file's own
+        operations waiting for the lock go in between (the lock is handed
+        to the longest waiter): a slow backing delays them by one range's
+        write-back, never by the whole queue. If the cache is over budget
+        after a range was written, the pages that became clean are evicted
+        at once. A range whose write-back fails stays dirty, so cached,
+        until the budget picks it again.
         """
-        self._wb_pending.append((start, end))
+        self._wb_pending[start, end] = None
         if self._wb_task is None:
             task = asyncio.get_running_loop().create_task(
                 self._write_back_queued(),
@@ -85,16 +89,16 @@ class CacheEviction(PageCache):
         try:
             while self._wb_pending and not self._closed:
                 async with self._lock:
-                    pending, self._wb_pending = self._wb_pending, []
-                    for start, end in pending:
-                        if self._is_closed():
-                            return
-                        try:
-                            await self._writeback(start, end)
-                        except Exception:
-                            continue  # Still dirty; tried again when picked.
-                        if self._mf.cache_over_budget() and not self._is_closed():
-                            self._revoke(start, end)
+                    if self._is_closed() or not self._wb_pending:
+                        return
+                    start, end = next(iter(self._wb_pending))
+                    del self._wb_pending[start, end]
+                    try:
+                        await self._writeback(start, end)
+                    except Exception:
+                        continue  # Still dirty; tried again when picked.
+                    if self._mf.cache_over_budget() and not self._is_closed():
+                        self._revoke(start, end)
         finally:
             self._wb_task = None
 

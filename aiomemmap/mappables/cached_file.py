@@ -525,7 +525,7 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
         dropped = self._cache.drop_all()
         dropped.extend(self._stale_dropped)
         self._stale_dropped = []
-        self._wb_pending = []
+        self._wb_pending.clear()
         self._dirty.drop_all()
         self._forget_units()
         try:

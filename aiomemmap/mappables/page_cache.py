@@ -157,6 +157,7 @@ class PageCache:
         "_stale_task",
         "_units",
         "_version",
+        "_version_unlearnt",
         "_wb_pending",
         "_wb_task",
         "_whole",
@@ -194,6 +195,9 @@ class PageCache:
         # it, grown by what this file wrote there since.
         self._backed_size = 0
         self._version: str | None = None
+        # The version after this file's own last change could not be learnt:
+        # the next version seen is taken for that change (see _own_change).
+        self._version_unlearnt = False
         self._size_task: asyncio.Task[None] | None = None
         self._refs = 1
         self._closed = False
@@ -225,8 +229,9 @@ class PageCache:
         # and the task that invalidates, frees them and learns the new size.
         self._stale_dropped: list[FileRange] = []
         self._stale_task: asyncio.Task[None] | None = None
-        # Dirty ranges the budget picked, written back by one task at a time.
-        self._wb_pending: list[tuple[int, int]] = []
+        # Dirty ranges the budget picked, each once, in the order picked;
+        # written back by one task, one range at a time.
+        self._wb_pending: dict[tuple[int, int], None] = {}
         self._wb_task: asyncio.Task[None] | None = None
         # (size, MappableRange(0, page-rounded size)) as read() last built it.
         self._whole: tuple[int, MappableRange] | None = None
@@ -454,12 +459,27 @@ class PageCache:
 
         So that :meth:`revalidate` does not take this file's own writes for a
         change made by somebody else. (A change by somebody else that lands
-        between the write and this question goes unnoticed.)
+        between the write and this question goes unnoticed.) The question is
+        retried as the file's retry policy says; if it still fails, the
+        change stands (its bytes are in the backing) and the file is marked
+        so that the next revalidation takes the version it finds for this
+        change rather than for somebody else's. (A change that fails part way
+        leaves the old version: the next revalidation then sees a change and
+        drops the cache, after writing its dirty pages back.)
 
         Locking:
             The caller holds ``_lock``.
+
+        Cancellation:
+            Propagates; the file is then marked as when the question fails.
         """
-        self._version = await self._backing.version()
+        self._version_unlearnt = True
+        try:
+            version = await call_with_retry(self._backing.version, retry=self._retry)
+        except Exception:
+            return
+        self._version = version
+        self._version_unlearnt = False
 
     def _is_mapped(self, start: int, end: int) -> bool:
         return any(

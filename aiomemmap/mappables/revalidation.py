@@ -28,7 +28,7 @@ import asyncio
 from aiomemmap._core.cancel import finish_shielded
 from aiomemmap._core.errors import StaleVersionError
 from aiomemmap._core.locks import detached_context
-from aiomemmap._core.pages import is_int
+from aiomemmap._core.pages import ADDR_LIMIT, is_int
 from aiomemmap._core.ranges import FileRange
 from aiomemmap.backings.base import call_with_retry
 from aiomemmap.fsutil.file_range_set import release
@@ -49,17 +49,22 @@ class Revalidation(PageCache):
         """Drop the cache if the backing changed behind the file's back.
 
         Compares the backing's :meth:`~aiomemmap.backings.base.Backing.version`
-        with the one seen when the size was learned (or the size, when the
-        backing has no versions). If it changed: every mapping is
-        invalidated (private copies are kept, as Linux keeps them), the
-        cache is dropped without writing anything back (dirty data is lost:
-        it is older than the new contents), and the new size is picked up.
+        with the one seen when the size was learned or when this file last
+        changed the backing (or the size, when the backing has no versions).
+        If it changed: the dirty pages are written back first, as a page
+        cache never discards them (Linux writes them back before it
+        invalidates a revalidated mapping); then every mapping is invalidated
+        (private copies are kept, as Linux keeps them), the cache is dropped,
+        and the new size and version are picked up. If the version after
+        this file's own last change could not be learnt, the version found
+        is taken as that change's (no change is reported).
 
         Returns:
             Whether the backing had changed.
 
         Raises:
-            OSError: The backing could not be asked.
+            OSError: The backing could not be asked, or a dirty page could
+                not be written back (then nothing was dropped).
             ClosedError: The file is closed.
 
         Locking:
@@ -67,8 +72,9 @@ class Revalidation(PageCache):
             holding only it.
 
         Cancellation:
-            Before the change is acted on, nothing changes; after, the drop
-            completes before the cancellation propagates.
+            Before the cache is dropped, nothing is lost (dirty pages not
+            yet written stay dirty); after, the drop completes before the
+            cancellation propagates.
         """
         async with self._lock:
             self._check_open("revalidate")
@@ -76,6 +82,10 @@ class Revalidation(PageCache):
                 await self._size_or_bus_error()
                 return False
             version = await self._backing.version()
+            if version is not None and self._version_unlearnt:
+                self._version = version
+                self._version_unlearnt = False
+                return False
             if version is None:
                 new_size = await self._backing.size()
                 if new_size == self._size:
@@ -84,6 +94,12 @@ class Revalidation(PageCache):
                 if version == self._version:
                     return False
                 new_size = await self._backing.size()
+            if self._dirty:
+                # Written back first; the backing is then asked again, as
+                # the write-back changed it.
+                await self._writeback(0, ADDR_LIMIT)
+                version = await self._backing.version()
+                new_size = await self._backing.size()
             if not is_int(new_size) or new_size < 0:
                 raise ValueError(
                     f"backing {self._backing!r} reported a bad size {new_size!r}"
@@ -91,6 +107,7 @@ class Revalidation(PageCache):
             self._fetcher.generation += 1
             self._size = self._backed_size = int(new_size)
             self._version = version
+            self._version_unlearnt = False
             self._ra.reset()
             dropped = self._cache.drop_all()
             self._dirty.drop_all()
@@ -149,6 +166,7 @@ class Revalidation(PageCache):
             if not self._is_closed():
                 self._size = self._backed_size = int(size)
                 self._version = version
+                self._version_unlearnt = False
         except Exception:
             # The old size stays; the next fetch that finds the object
             # changed starts this again.
