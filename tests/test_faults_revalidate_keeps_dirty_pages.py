@@ -11,8 +11,9 @@ are written back before the cache is dropped, as a page cache does.
 from __future__ import annotations
 
 import anyio
+import pytest
 
-from aiomemmap import CachedFile, MemoryFile
+from aiomemmap import BusError, CachedFile, MemoryFile, StaleVersionError
 from aiomemmap._core.pages import PAGE_SIZE
 from aiomemmap.backings.memory import BytesBacking
 from aiomemmap.backings.testing import FaultInjectingBacking
@@ -83,3 +84,21 @@ async def test_revalidate_that_cannot_write_back_drops_nothing() -> None:
             await cf.aclose()
         assert inner.data[:5] == b"DIRTY"
         assert inner.data[P : P + 5] == b"OTHER"
+
+
+async def test_fetch_finding_the_object_changed_keeps_dirty_pages() -> None:
+    with MemoryFile("stale-fetch-keeps-dirty") as mf:
+        inner = BytesBacking(bytes(8 * P))
+        cf = CachedFile(inner, mf, writable=True, readahead=NoReadahead())
+        with anyio.fail_after(30):
+            await cf.read(0, P)
+            await cf.write(0, b"DIRTY")
+            # Somebody else shrinks the object: the fetch of page 5 comes up
+            # short of what the backing held, so the object changed.
+            await inner.truncate(2 * P)
+            with pytest.raises(BusError) as caught:
+                await cf.read(5 * P, P)
+            assert isinstance(caught.value.err, StaleVersionError)
+            assert await cf.read(0, 5) == b"DIRTY"
+            await cf.aclose()
+        assert inner.data[:5] == b"DIRTY"

@@ -2,9 +2,9 @@
 
 The cache remembers the backing's version (or, for backings without versions,
 its size) as of the last time it learned it or changed the backing itself.
-:meth:`Revalidation.revalidate` asks again; on a change, the cache is dropped
-and every space mapping the file is told, as gVisor's gofer client does when
-a remote file's attributes change.
+:meth:`Revalidation.revalidate` asks again; on a change, the dirty pages are
+written back, the cache is dropped and every space mapping the file is told,
+as gVisor's gofer client does when a remote file's attributes change.
 
 A fetch can find out first: the backing answers a read with
 :class:`~aiomemmap.StaleVersionError` (the object is not the version the
@@ -12,13 +12,14 @@ file was opened at), or comes up short of the size it had.
 :meth:`Revalidation._react_to_stale` then does what :meth:`revalidate` does,
 without waiting for the file's lock (its holder may be waiting for a fetch):
 at once, in one step, every fetch in flight is outdated, new ones are held
-before reading, and the cache is dropped; then a task of the file
-invalidates the spaces mapping it, frees the pages, learns the new size and
-version, and lets the fetches go. The cache therefore never holds pages of
-two versions, and no space maps an old page once a new one can land: the
-access whose fetch failed gets a ``BusError`` wrapping the
-``StaleVersionError``; the others in flight wait and get the new version's
-bytes.
+before reading, and the cache is dropped but for its dirty pages (this
+file's own writes, kept over the new version and written back as usual);
+then a task of the file invalidates the spaces mapping it, frees the pages,
+learns the new size and version, and lets the fetches go. The cache
+therefore never holds clean pages of two versions, and no space maps an old
+page once a new one can land: the access whose fetch failed gets a
+``BusError`` wrapping the ``StaleVersionError``; the others in flight wait
+and get the new version's bytes.
 """
 
 from __future__ import annotations
@@ -127,8 +128,9 @@ class Revalidation(PageCache):
         """Drop the cache of a version a fetch found replaced; learn the new one.
 
         Called by the fetcher, without awaiting, when a fetch of the current
-        generation failed with ``exc``. Dirty data is lost, as with
-        :meth:`revalidate`. See the module docstring.
+        generation failed with ``exc``. Dirty pages are kept (see
+        :meth:`_drop_clean`); the rest of the cache is dropped. See the module
+        docstring.
 
         Locking:
             Takes no lock; the task it starts takes none either (eviction
@@ -139,9 +141,7 @@ class Revalidation(PageCache):
         self._fetcher.generation += 1
         self._fetcher.hold()
         self._ra.reset()
-        self._stale_dropped.extend(self._cache.drop_all())
-        self._dirty.drop_all()
-        self._forget_units()
+        self._stale_dropped.extend(self._drop_clean())
         if self._stale_task is None:
             task = asyncio.get_running_loop().create_task(
                 self._learn_new_version(),
@@ -150,6 +150,26 @@ class Revalidation(PageCache):
             )
             self._stale_task = task
             task.add_done_callback(consume)
+
+    def _drop_clean(self) -> list[FileRange]:
+        """Drop every cached page but the dirty ones; return the pages dropped.
+
+        Dirty pages are this file's own writes, not yet in the backing: they
+        stay, over whatever version the backing now holds, and are written
+        back as usual.
+        """
+        if not self._dirty:
+            self._forget_units()
+            return self._cache.drop_all()
+        dropped: list[FileRange] = []
+        pos = 0
+        for seg in list(self._dirty):
+            if pos < seg.start:
+                dropped.extend(self._cache.drop(pos, seg.start))
+            pos = seg.end
+        dropped.extend(self._cache.drop(pos, ADDR_LIMIT))
+        self._resync_units(0, ADDR_LIMIT)
+        return dropped
 
     async def _learn_new_version(self) -> None:
         try:
@@ -164,7 +184,11 @@ class Revalidation(PageCache):
             if not is_int(size) or size < 0:
                 raise ValueError(f"backing {backing!r} reported a bad size {size!r}")
             if not self._is_closed():
-                self._size = self._backed_size = int(size)
+                # Dirty pages kept from before stay inside the file.
+                old = self._size if self._size is not None else 0
+                kept = max((min(d.end, old) for d in self._dirty), default=0)
+                self._size = max(int(size), kept)
+                self._backed_size = int(size)
                 self._version = version
                 self._version_unlearnt = False
         except Exception:
