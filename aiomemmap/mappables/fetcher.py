@@ -170,6 +170,7 @@ class Fetcher:
         "fetches_done",
         "generation",
         "on_stale",
+        "unlearnt",
     )
 
     def __init__(
@@ -198,6 +199,10 @@ class Fetcher:
         self._version = version
         self.on_stale = on_stale
         """Told of a fetch that found the object changed (see Args)."""
+        self.unlearnt = False
+        """The owner found the object changed but could not learn its new
+        size and version: fetches fail as if they found it changed (so that
+        ``on_stale`` tries again) rather than read with the old size."""
         self._held: asyncio.Event | None = None
         self._retry = retry
         self._max_fetch = max_fetch_bytes
@@ -421,6 +426,13 @@ class Fetcher:
                 await pending[0].wait()
             while self._held is not None:
                 await self._held.wait()
+            if self.unlearnt and fetch.generation == self.generation:
+                raise StaleVersionError(
+                    f"{self._owner!r}: the object changed and its new version "
+                    "could not be learnt",
+                    expected=self._version(),
+                    found=None,
+                )
             async with self._slots:
                 if fetch.generation == self.generation:
                     fr = await self._read_pages(fetch)

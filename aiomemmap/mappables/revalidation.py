@@ -109,6 +109,7 @@ class Revalidation(PageCache):
             self._size = self._backed_size = int(new_size)
             self._version = version
             self._version_unlearnt = False
+            self._fetcher.unlearnt = False
             self._ra.reset()
             dropped = self._cache.drop_all()
             self._dirty.drop_all()
@@ -191,10 +192,12 @@ class Revalidation(PageCache):
                 self._backed_size = int(size)
                 self._version = version
                 self._version_unlearnt = False
+                self._fetcher.unlearnt = False
         except Exception:
-            # The old size stays; the next fetch that finds the object
-            # changed starts this again.
-            pass
+            # Fetches must not read with the old size (the backing may be
+            # tied to the new version already): each fails as if it found
+            # the object changed, which starts this again.
+            self._fetcher.unlearnt = True
         finally:
             # Fetches made while held were sized for the old version.
             self._fetcher.generation += 1
