@@ -21,7 +21,7 @@ import pytest
 from tests.chaos import SoakConfig, soak
 
 SEEDS = [int(s) for s in os.environ.get("AIOMEMMAP_CHAOS_SEEDS", "1,2").split(",")]
-OPS = int(os.environ.get("AIOMEMMAP_CHAOS_OPS", "600"))
+OPS = int(os.environ.get("AIOMEMMAP_CHAOS_OPS", str(SoakConfig.ops)))
 
 
 @pytest.mark.parametrize("seed", SEEDS)
