@@ -12,5 +12,6 @@
 * :mod:`~aiomemmap.faces.fsspec_cache`: ``cache_type="aiomemmap"`` for any
   fsspec file;
 * :mod:`~aiomemmap.faces.fsspec_reads`: reads by URL through an engine, for
-  the two above.
+  the two above;
+* :mod:`~aiomemmap.faces.position`: the seek arithmetic both files share.
 """

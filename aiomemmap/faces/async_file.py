@@ -34,6 +34,7 @@ from aiomemmap._core.errors import ClosedError
 from aiomemmap._core.pages import is_int
 from aiomemmap.engine.engine import Engine
 from aiomemmap.engine.thread import EngineThread
+from aiomemmap.faces.position import seek_target
 from aiomemmap.mappables.cached_file import CachedFile, CacheStatistics
 
 if TYPE_CHECKING:
@@ -278,17 +279,7 @@ class AsyncRemoteFile:
         if not is_int(offset):
             raise TypeError(f"offset must be an int, got {offset!r}")
         self._check_open()
-        if whence == io.SEEK_SET:
-            pos = int(offset)
-        elif whence == io.SEEK_CUR:
-            pos = self._pos + int(offset)
-        elif whence == io.SEEK_END:
-            pos = self._size + int(offset)
-        else:
-            raise ValueError(f"invalid whence ({whence!r}, should be 0, 1 or 2)")
-        if pos < 0:
-            raise ValueError(f"negative seek position {pos}")
-        self._pos = pos
+        pos = self._pos = seek_target(self._pos, self._size, offset, whence)
         return pos
 
     async def read(self, size: int = -1) -> bytes:

@@ -31,6 +31,7 @@ from aiomemmap._core.pages import is_int
 from aiomemmap.engine.default import default_engine
 from aiomemmap.engine.engine import Engine
 from aiomemmap.engine.thread import EngineThread
+from aiomemmap.faces.position import seek_target
 from aiomemmap.mappables.cached_file import CachedFile, CacheStatistics
 
 if TYPE_CHECKING:
@@ -293,17 +294,7 @@ class RemoteFile(io.RawIOBase):
             raise TypeError(f"offset must be an int, got {offset!r}")
         with self._lock:
             self._check_open()
-            if whence == io.SEEK_SET:
-                pos = int(offset)
-            elif whence == io.SEEK_CUR:
-                pos = self._pos + int(offset)
-            elif whence == io.SEEK_END:
-                pos = self._size + int(offset)
-            else:
-                raise ValueError(f"invalid whence ({whence!r}, should be 0, 1 or 2)")
-            if pos < 0:
-                raise ValueError(f"negative seek position {pos}")
-            self._pos = pos
+            pos = self._pos = seek_target(self._pos, self._size, offset, whence)
             return pos
 
     def read(self, size: int | None = -1) -> bytes:
