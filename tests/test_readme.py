@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tests.test_engine_thread import http_server_thread
@@ -27,8 +29,6 @@ def snippets() -> list[str]:
 
 
 def parquet_bytes() -> bytes:
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
     out = io.BytesIO()
     table = pa.table({"x": list(range(1000)), "y": [str(i) for i in range(1000)]})
     pq.write_table(table, out)

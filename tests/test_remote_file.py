@@ -9,6 +9,8 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import aiomemmap
@@ -78,8 +80,6 @@ def test_a_remote_file_is_a_seekable_raw_binary_file(tmp_path: Path, engine_thre
 
 
 def test_zipfile_and_pyarrow_read_through_it(engine_thread):
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
     table = pa.table({"x": list(range(50_000)), "y": [f"v{i}" for i in range(50_000)]})
     parquet = io.BytesIO()
     pq.write_table(table, parquet)
