@@ -6,7 +6,11 @@ starts ``python -m aiomemmap.tools.bench._served DIR --latency S``, which
 serves every file under ``DIR`` by its relative path, and talks to it over
 its standard streams: the child prints its port once it listens, and
 answers each ``stats`` line with one JSON line of its counters. End of input
-stops it.
+stops it. :func:`serve_payloads` serves byte strings made in this process
+the same way, through a temporary directory.
+
+Counts are taken by difference (:meth:`ServedFiles.counts` before and after
+one client's run), so runs measured against one server must not overlap.
 """
 
 from __future__ import annotations
@@ -16,14 +20,18 @@ import asyncio
 import json
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, final
 
-__all__ = ["ServedFiles", "ServerCounts"]
+__all__ = ["ServedFiles", "ServerCounts", "serve_payloads"]
 
 _START_TIMEOUT = 60.0
+_MIB = 1 << 20
 
 
 @final
@@ -32,17 +40,25 @@ class ServerCounts:
     """The server's counters at one moment.
 
     Attributes:
-        requests: Requests answered.
+        requests: Requests answered (``HEAD`` included).
         bytes_sent: Body bytes sent.
+        range_requests: Requests that carried a ``Range`` header.
     """
 
     requests: int
     bytes_sent: int
+    range_requests: int = 0
 
     def __sub__(self, other: ServerCounts) -> ServerCounts:
         return ServerCounts(
-            self.requests - other.requests, self.bytes_sent - other.bytes_sent
+            self.requests - other.requests,
+            self.bytes_sent - other.bytes_sent,
+            self.range_requests - other.range_requests,
         )
+
+    def describe(self) -> str:
+        """The counts in words, e.g. ``"12 req, 256.0 MiB"``."""
+        return f"{self.requests} req, {self.bytes_sent / _MIB:.1f} MiB"
 
 
 @final
@@ -80,6 +96,17 @@ class ServedFiles:
         return proc.stdin, proc.stdout
 
     def __enter__(self) -> ServedFiles:
+        self.start()
+        return self
+
+    def start(self) -> None:
+        """Start the child and wait until it listens (it has loaded the files).
+
+        Raises:
+            RuntimeError: Already started, or the child exited before listening.
+        """
+        if self._proc is not None:
+            raise RuntimeError("the server process is already running")
         self._proc = subprocess.Popen(
             [
                 sys.executable,
@@ -102,7 +129,6 @@ class ServedFiles:
         except BaseException:
             self.close()
             raise
-        return self
 
     def __exit__(
         self,
@@ -127,17 +153,59 @@ class ServedFiles:
         if proc.stdout is not None:
             proc.stdout.close()
 
+    @property
+    def base_url(self) -> str:
+        """The URL the files' relative paths are resolved against."""
+        return f"http://127.0.0.1:{self._port}/"
+
     def url(self, name: str) -> str:
         """The URL of the file at relative path ``name``."""
-        return f"http://127.0.0.1:{self._port}/{name}"
+        return self.base_url + name
 
     def counts(self) -> ServerCounts:
         """Ask the child for its counters."""
         inp, out = self._streams()
         inp.write("stats\n")
         inp.flush()
-        stats = json.loads(out.readline())
-        return ServerCounts(int(stats["requests"]), int(stats["bytes_sent"]))
+        line = out.readline()
+        if not line:
+            raise RuntimeError("the server process exited")
+        stats = json.loads(line)
+        return ServerCounts(
+            int(stats["requests"]),
+            int(stats["bytes_sent"]),
+            int(stats["range_requests"]),
+        )
+
+
+@contextmanager
+def serve_payloads(
+    payloads: Mapping[str, bytes], *, latency: float
+) -> Iterator[ServedFiles]:
+    """Serve ``payloads`` (relative path to bytes) from a child process.
+
+    The bytes go through a temporary directory, removed once the child has
+    loaded them (it serves from memory).
+
+    Args:
+        payloads: What to serve, by relative path.
+        latency: Seconds the server waits before each answer.
+
+    Yields:
+        The running :class:`ServedFiles`; it is stopped on exit.
+    """
+    with tempfile.TemporaryDirectory(prefix="aiomemmap-served-") as tmp:
+        root = Path(tmp)
+        for name, data in payloads.items():
+            path = root / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        served = ServedFiles(root, latency=latency)
+        served.start()
+    try:
+        yield served
+    finally:
+        served.close()
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -161,7 +229,11 @@ async def _serve(root: Path, latency: float) -> None:
             if not line:
                 return
             if line.strip() == "stats":
-                counts = {"requests": srv.requests, "bytes_sent": srv.bytes_sent}
+                counts = {
+                    "requests": srv.requests,
+                    "bytes_sent": srv.bytes_sent,
+                    "range_requests": srv.range_requests,
+                }
                 print(json.dumps(counts), flush=True)
 
 
