@@ -29,7 +29,7 @@ import asyncio
 import errno
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, final
 
 from aiomemmap._core.access import AccessType
 from aiomemmap._core.cancel import finish_shielded
@@ -58,6 +58,8 @@ from aiomemmap.mappables.page_cache import (
     NO_PRIVATE,
     check_offset,
     check_page_range,
+    join_blocks,
+    writable_bytes,
 )
 from aiomemmap.mappables.readahead import (
     AdaptiveReadahead,
@@ -72,13 +74,18 @@ from aiomemmap.memmap.interfaces import (
     TranslateResult,
     check_translate_result,
 )
+from aiomemmap.pgalloc.held_views import HeldView
 from aiomemmap.pgalloc.memory_file import MemoryFile
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = [
     "DEFAULT_MAX_FETCHES_IN_FLIGHT",
     "DEFAULT_MAX_FETCH_BYTES",
     "CacheStatistics",
     "CachedFile",
+    "CachedView",
 ]
 
 DEFAULT_MAX_FETCH_BYTES: Final[int] = 2 * 1024 * 1024
@@ -716,7 +723,10 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
 
         Present pages are served from the cache; missing ones are fetched,
         together with whatever the readahead policy adds (fetched in the
-        background: the call waits only for the pages it reads).
+        background: the call waits only for the pages it reads). The bytes
+        are copied once, straight from the cached pages into the result; to
+        read into a buffer of your own use :meth:`readinto`, to read the
+        cached pages without copying :meth:`read_view`.
 
         Args:
             offset: Where to start.
@@ -741,14 +751,133 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
         """
         offset = check_offset("read", "offset", offset)
         n = check_offset("read", "n", n)
+        end = await self._resident("read", offset, n)
+        if end <= offset:
+            return b""
+        return self._copy_out(offset, end)
+
+    async def readinto(self, offset: int, buf: WriteableBuffer) -> int:
+        """Read into ``buf`` the bytes at ``offset``, as many as it holds.
+
+        As :meth:`read`, but the bytes are copied straight from the cached
+        pages into the caller's buffer: nothing is allocated for them. A
+        buffer used again and again (a scan) therefore costs one copy a
+        byte and no allocation.
+
+        Args:
+            offset: Where to start.
+            buf: A writable, C-contiguous buffer (``bytearray``,
+                ``memoryview``, ``array``, a NumPy array...); its size in
+                bytes is how many bytes are wanted.
+
+        Returns:
+            How many bytes were copied to the start of ``buf``; fewer than
+            its size only at the end of the file (0 at or past it). The rest
+            of ``buf`` is left as it was.
+
+        Raises:
+            TypeError: ``offset`` is not an int, ``buf`` is not a buffer, or
+                it is read-only.
+            ValueError: ``offset`` is negative or too large, or ``buf`` is
+                not contiguous.
+            BusError: The backing failed (after retries); ``.err`` is the
+                cause.
+            ClosedError: The file is closed.
+
+        Postconditions:
+            ``buf`` is written only by a call that returns, and only in the
+            bytes it counts; a call that raises leaves it unchanged.
+
+        Locking:
+            Takes no lock.
+
+        Cancellation:
+            ``buf`` is unchanged; fetches that were started carry on.
+        """
+        offset = check_offset("readinto", "offset", offset)
+        with writable_bytes("readinto", buf) as dst:
+            end = await self._resident("readinto", offset, len(dst))
+            if end <= offset:
+                return 0
+            self._copy_into(offset, end, dst)
+            return end - offset
+
+    def read_view(self, offset: int, n: int) -> CachedView:
+        """Return an async context manager viewing up to ``n`` bytes at ``offset``.
+
+        Used as ``async with cf.read_view(offset, n) as view:``. Entering
+        fetches the pages as :meth:`read` does and gives a read-only,
+        one-dimensional ``memoryview`` (format ``"B"``) of the bytes, short
+        only at the end of the file.
+
+        Zero copy when it can be: if the bytes lie in one run of contiguous
+        pages of the memory file, the view shows those pages themselves
+        (``CachedView.zero_copy`` is true). That is the rule within the pages
+        one fetch landed (up to ``max_fetch_bytes``) and usual for a file
+        fetched in order; otherwise (pages spread over the memory file, or
+        holes) the bytes are copied once into a new buffer, which the view
+        shows.
+
+        While the view is held, its pages are pinned: the cache budget does
+        not evict them, and each page holds a reference of the view, so that
+        nothing frees or reuses it: not eviction, a truncation, a
+        revalidation, nor closing the file. The view shows the pages, not a
+        snapshot: a :meth:`write` to those offsets is seen through it. Pages
+        that leave the file meanwhile (truncated, dropped by
+        :meth:`revalidate`, or the file closed) keep the bytes they had,
+        except that a truncation zeroes the tail past the new end of the
+        page it keeps, as the file then reads.
+
+        Leaving the block releases the view (using it afterwards raises
+        ``ValueError``) and the pins. Views sliced from it and arrays made
+        from it keep the pages referenced, and valid, for as long as they
+        live; keep them inside the block, as the budget no longer pins
+        those pages after it.
+
+        Args:
+            offset: Where to start.
+            n: How many bytes to view at most. All of them are held at once:
+                a view larger than the cache budget exceeds it while held.
+
+        Returns:
+            A :class:`CachedView`, entered once.
+
+        Raises:
+            TypeError: ``offset`` or ``n`` is not an int.
+            ValueError: ``offset`` or ``n`` is negative or too large.
+
+            Entering raises as :meth:`read` does.
+
+        Locking:
+            Takes no lock.
+
+        Cancellation:
+            Cancelling the entry holds nothing; fetches that were started
+            carry on.
+        """
+        offset = check_offset("read_view", "offset", offset)
+        n = check_offset("read_view", "n", n)
+        return CachedView(self, offset, n)
+
+    async def _resident(self, what: str, offset: int, n: int) -> int:
+        """Wait until the pages of up to ``n`` bytes at ``offset`` are cached.
+
+        Returns:
+            The end of the bytes to read, clipped to the file's size (at
+            most ``offset`` when there is nothing to read). Until the caller
+            next awaits, ``[offset, end)`` is cached.
+
+        Raises:
+            BusError, ClosedError: As :meth:`read`.
+        """
         if self._closed:
-            self._check_open("read")
+            self._check_open(what)
         size = self._size
         if size is None:
             size = await self._size_or_bus_error()
         end = min(offset + n, size)
         if end <= offset:
-            return b""
+            return offset
         start_p, end_p = offset & ~PAGE_MASK, (end + PAGE_MASK) & ~PAGE_MASK
         if end_p >= ADDR_LIMIT:
             end_p = page_round_up(end)  # Raises OverflowError.
@@ -779,16 +908,30 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
                 and self._size is not None
                 and self._size <= offset
             ):
-                return b""
+                return offset
             raise
         # Nothing awaits from here on.
         assert self._size is not None
         end = min(end, self._size)
-        if end <= offset:
-            return b""
-        if self._budget:
+        if end > offset and self._budget:
             self._touch(start_p, page_round_up(end))
-        return self._copy_out(offset, end)
+        return end
+
+    def _hold(self, offset: int, end: int) -> tuple[HeldView, bool]:
+        """Return a held view of offsets ``[offset, end)``, and whether it is zero copy.
+
+        Preconditions:
+            ``[offset, end)`` is cached (the caller has not awaited since
+            :meth:`_resident` said so).
+        """
+        blocks = self._blocks(offset, end)
+        if len(blocks) == 1 and not isinstance(blocks[0], int):
+            start_p, end_p = offset & ~PAGE_MASK, page_round_up(end)
+            seg = self._cache.find(start_p)
+            assert seg is not None and seg.end >= end_p
+            fr = self._cache.file_range(seg, start_p, end_p)
+            return HeldView(blocks[0], self._mf, (fr,)), True
+        return HeldView(memoryview(join_blocks(blocks)), self._mf), False
 
     async def prefetch(self, mr: MappableRange) -> None:
         """Fetch the pages of ``mr`` (clipped to the file) and wait for them.
@@ -815,3 +958,84 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
         if end <= mr.start:
             return
         await self._populate(mr.start, end, mr.start, end, clip=True)
+
+
+@final
+class CachedView:
+    """The bytes of a cached file, viewed in place while held.
+
+    Made by :meth:`CachedFile.read_view`, whose docstring gives the rules;
+    entered once, as an async context manager whose value is the
+    ``memoryview``.
+
+    Concurrency:
+        Task-compatible: entered and left by one task.
+    """
+
+    __slots__ = ("_entered", "_file", "_held", "_n", "_offset", "_pinned", "_zero_copy")
+
+    def __init__(self, cached_file: CachedFile, offset: int, n: int) -> None:
+        self._file = cached_file
+        self._offset = offset
+        self._n = n
+        self._entered = False
+        self._held: HeldView | None = None
+        # The pages pinned against eviction, page-aligned, or None.
+        self._pinned: tuple[int, int] | None = None
+        self._zero_copy = False
+
+    def __repr__(self) -> str:
+        state = "held" if self._held is not None else "not held"
+        return (
+            f"<CachedView {self._n:#x} bytes at {self._offset:#x} of "
+            f"{self._file!r} {state}>"
+        )
+
+    @property
+    def zero_copy(self) -> bool:
+        """Whether the view shows the cached pages themselves (not a copy).
+
+        False before the view is entered and after it is left.
+        """
+        return self._zero_copy
+
+    async def __aenter__(self) -> memoryview:
+        """Fetch what is missing, then hold the pages and return their view.
+
+        Raises:
+            RuntimeError: Entered before.
+            BusError, ClosedError: As :meth:`CachedFile.read`.
+        """
+        if self._entered:
+            raise RuntimeError(f"{self!r} was entered before: enter a view once")
+        self._entered = True
+        cf, offset = self._file, self._offset
+        end = await cf._resident("read_view", offset, self._n)
+        # Nothing awaits from here on: the pages found stay cached.
+        if end <= offset:
+            held = HeldView(memoryview(b""), cf._mf)
+        else:
+            held, self._zero_copy = cf._hold(offset, end)
+            units = cf._units
+            if self._zero_copy and units is not None:
+                pinned = (offset & ~PAGE_MASK, page_round_up(end))
+                units.pin(*pinned)
+                self._pinned = pinned
+        self._held = held
+        return held.view
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Release the view and the pins (see :meth:`CachedFile.read_view`)."""
+        held, self._held = self._held, None
+        pinned, self._pinned = self._pinned, None
+        self._zero_copy = False
+        units = self._file._units
+        if pinned is not None and units is not None:
+            units.unpin(*pinned)
+        if held is not None:
+            held.release()

@@ -20,8 +20,10 @@ Mappable methods (:mod:`~aiomemmap.mappables.cached_file`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
+from collections.abc import Iterator
 from typing import Any, Final
 
 from aiomemmap._core.access import AccessType
@@ -57,7 +59,11 @@ __all__ = [
     "check_offset",
     "check_page_range",
     "consume",
+    "join_blocks",
+    "writable_bytes",
 ]
+
+_READ: Final = AccessType.READ
 
 TRANSLATE_AHEAD: Final[int] = HUGE_PAGE_SIZE
 """How far past the required range translate may hand out present pages."""
@@ -108,6 +114,40 @@ def check_page_range(what: str, mr: object) -> MappableRange:
     if (mr.start | mr.end) & PAGE_MASK:
         raise AlignmentError(f"{what}: mr {mr} is not page-aligned")
     return mr
+
+
+def join_blocks(blocks: list[memoryview | int]) -> bytes:
+    """Return the bytes of ``blocks`` (views, and lengths of zeros) in one copy."""
+    if len(blocks) == 1:
+        only = blocks[0]
+        return bytes(only) if isinstance(only, int) else only.tobytes()
+    return b"".join(bytes(b) if isinstance(b, int) else b for b in blocks)
+
+
+@contextlib.contextmanager
+def writable_bytes(what: str, buf: object) -> Iterator[memoryview]:
+    """View ``buf`` as writable, one-dimensional bytes for the ``with`` block.
+
+    Raises:
+        TypeError: ``buf`` is not a buffer, or it is read-only.
+        ValueError: ``buf`` is not C-contiguous.
+    """
+    try:
+        view = memoryview(buf)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"{what}: buf must be a writable bytes-like object, "
+            f"got {type(buf).__name__}"
+        ) from None
+    with view:
+        if view.readonly:
+            raise TypeError(
+                f"{what}: buf must be writable, got a read-only {type(buf).__name__}"
+            )
+        if not view.c_contiguous:
+            raise ValueError(f"{what}: buf must be C-contiguous")
+        with view.cast("B") as target:
+            yield target
 
 
 class PageCache:
@@ -422,8 +462,55 @@ class PageCache:
             required, MappableRange(required.start, limit), self._mf, perms
         )
 
+    def _blocks(self, start: int, end: int) -> list[memoryview | int]:
+        """Return the bytes of offsets ``[start, end)``, in order, without copying.
+
+        Each item is a read-only view of cached bytes (one per run of
+        contiguous memory-file pages, and per chunk of the memory file), or
+        the length of a hole, which reads as zero. Valid until the caller
+        next awaits.
+        """
+        mf = self._mf
+        cache = self._cache
+        seg = cache.find(start)
+        if seg is not None and seg.end >= end:
+            # One run holds it all: the common case.
+            return list(mf.map_internal(cache.file_range(seg, start, end), _READ))
+        out: list[memoryview | int] = []
+        pos = start
+        for seg in cache.segments(start, end):
+            lo, hi = max(seg.start, start), min(seg.end, end)
+            if lo > pos:
+                out.append(lo - pos)
+            out.extend(mf.map_internal(cache.file_range(seg, lo, hi), _READ))
+            pos = hi
+        if pos < end:
+            out.append(end - pos)
+        return out
+
     def _copy_out(self, start: int, end: int) -> bytes:
-        return self._cache.read(self._mf, start, end)
+        """Return the bytes of offsets ``[start, end)`` in one new object.
+
+        One copy: a single run is copied out as is, several runs are joined
+        straight into the result. Holes read as zero.
+        """
+        return join_blocks(self._blocks(start, end))
+
+    def _copy_into(self, start: int, end: int, dst: memoryview) -> None:
+        """Copy the bytes of offsets ``[start, end)`` to ``dst[: end - start]``.
+
+        Holes read as zero. ``dst`` is a writable, one-dimensional bytes
+        view of at least ``end - start`` bytes.
+        """
+        pos = 0
+        for block in self._blocks(start, end):
+            if isinstance(block, int):
+                dst[pos : pos + block] = bytes(block)
+                pos += block
+            else:
+                n = len(block)
+                dst[pos : pos + n] = block
+                pos += n
 
     def _copy_in(self, start: int, data: memoryview) -> None:
         self._cache.write(self._mf, start, data)
