@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import errno as _errno
 import os
+import threading
+import typing
+from typing import ClassVar, Final, Self
 
 __all__ = [
     "AccessDeniedError",
@@ -116,6 +119,16 @@ class StaleVersionError(AiomemmapError, OSError):
         self.expected = expected
         self.found = found
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_stale_version_error, (self.strerror, self.expected, self.found))
+
+
+def _stale_version_error(
+    message: str, expected: str | None, found: str | None
+) -> StaleVersionError:
+    """Rebuild a pickled :class:`StaleVersionError`."""
+    return StaleVersionError(message, expected=expected, found=found)
+
 
 class AccessDeniedError(AiomemmapError, PermissionError):
     """An access was asked for that the object never allows.
@@ -127,12 +140,39 @@ class AccessDeniedError(AiomemmapError, PermissionError):
     def __init__(self, message: str) -> None:
         super().__init__(_errno.EACCES, message)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.strerror,), dict(self.__dict__))
 
-class BusError(AiomemmapError):
+
+class BusError(AiomemmapError, OSError):
     """A Mappable could not provide the pages a fault or an access needed.
 
     A page fault that ends in a ``BusError`` corresponds to ``SIGBUS`` in a
     guest, as opposed to ``SIGSEGV`` for a :class:`MemoryFault`.
+
+    It is an ``OSError`` whose ``errno`` comes from its cause, so that code
+    written for files (and for fsspec, which raises the builtin errors)
+    catches it as it catches them. By cause:
+
+    * ``FileNotFoundError`` (a missing local file, HTTP 404 or 410, S3
+      ``NoSuchKey``): its ``errno``, else ``ENOENT``; the error is also a
+      ``FileNotFoundError``.
+    * ``PermissionError`` (HTTP 401 or 403, a read-only backing): its
+      ``errno`` (``EACCES`` or ``EPERM``), else ``EACCES``; the error is
+      also a ``PermissionError``.
+    * ``TimeoutError``: its ``errno``, else ``ETIMEDOUT``.
+    * :class:`StaleVersionError`: ``ESTALE``.
+    * Any other ``OSError``: its ``errno``, else ``EIO``.
+    * Anything else (``EOFError`` past the end of a file, a closed file, an
+      HTTP error status that is not an ``OSError``...): ``EIO``.
+
+    ``BusError(err)`` therefore returns an instance of a subclass of the
+    class it is called on when the cause has a builtin counterpart (one
+    class per pair, made once): ``isinstance(e, BusError)`` always holds,
+    and ``except FileNotFoundError`` catches a fault on a missing object.
+    ``strerror`` is the cause's own (its message otherwise) and ``filename``
+    the cause's, if it has one. Instances pickle and copy as
+    ``BusError(err)`` with ``bytes_done`` and ``data`` kept.
 
     Attributes:
         err: The underlying cause.
@@ -142,16 +182,107 @@ class BusError(AiomemmapError):
             error; ``b""`` otherwise.
     """
 
-    def __init__(self, err: BaseException) -> None:
+    # The class ``BusError(err)`` was called on: itself, or for a class
+    # made for a builtin counterpart, the class it was made for.
+    _bus_origin: ClassVar[type[BusError]]
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "_bus_origin" not in cls.__dict__:
+            cls._bus_origin = cls
+
+    def __new__(cls, err: BaseException) -> Self:
         if not isinstance(err, BaseException):
             raise TypeError(f"err must be an exception, got {err!r}")
-        super().__init__(err)
+        target = _bus_error_class(cls._bus_origin, _builtin_counterpart(err))
+        # OSError.__new__ keeps the class it is given and, for a class with a
+        # __new__ of its own, sets errno, strerror and filename from these
+        # arguments (its __init__ then ignores its own).
+        return typing.cast("Self", OSError.__new__(target, *_os_error_args(err)))
+
+    def __init__(self, err: BaseException) -> None:
         self.err = err
         self.bytes_done = 0
         self.data = b""
 
     def __str__(self) -> str:
         return f"BusError: {self.err}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.err!r})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (self._bus_origin, (self.err,), dict(self.__dict__))
+
+
+BusError._bus_origin = BusError
+
+# The builtin errors a BusError may also be, most specific first.
+_COUNTERPARTS: Final[tuple[type[OSError], ...]] = (FileNotFoundError, PermissionError)
+# (origin class, builtin) -> the class made for the pair.
+_made: Final[dict[tuple[type[BusError], type[OSError]], type[BusError]]] = {}
+_made_lock: Final = threading.Lock()
+
+
+def _builtin_counterpart(err: BaseException) -> type[OSError] | None:
+    """Return the builtin error a BusError caused by ``err`` also is, if any."""
+    for builtin in _COUNTERPARTS:
+        if isinstance(err, builtin):
+            return builtin
+    return None
+
+
+def _bus_error_class(
+    origin: type[BusError], builtin: type[OSError] | None
+) -> type[BusError]:
+    """Return the subclass of ``origin`` that is also ``builtin``, made once."""
+    if builtin is None:
+        return origin
+    key = (origin, builtin)
+    made = _made.get(key)
+    if made is not None:
+        return made
+    namespace = {
+        "__module__": origin.__module__,
+        "__qualname__": f"{origin.__qualname__}[{builtin.__name__}]",
+        "__doc__": f"A {origin.__name__} that is also a {builtin.__name__}.",
+        "__slots__": (),
+        "_bus_origin": origin,
+    }
+    with _made_lock:
+        made = _made.get(key)
+        if made is None:
+            made = typing.cast(
+                "type[BusError]", type(origin.__name__, (origin, builtin), namespace)
+            )
+            _made[key] = made
+    return made
+
+
+def _os_error_args(err: BaseException) -> tuple[int, str] | tuple[int, str, object]:
+    """Return the ``OSError`` arguments of a BusError caused by ``err``.
+
+    ``(errno, strerror)``, plus the cause's ``filename`` if it has one.
+    """
+    if isinstance(err, StaleVersionError):
+        code = _errno.ESTALE
+    elif isinstance(err, OSError) and isinstance(err.errno, int):
+        code = err.errno
+    elif isinstance(err, FileNotFoundError):
+        code = _errno.ENOENT
+    elif isinstance(err, PermissionError):
+        code = _errno.EACCES
+    elif isinstance(err, TimeoutError):
+        code = _errno.ETIMEDOUT
+    else:
+        code = _errno.EIO
+    strerror = err.strerror if isinstance(err, OSError) else None
+    if not isinstance(strerror, str) or not strerror:
+        strerror = str(err) or os.strerror(code)
+    filename = err.filename if isinstance(err, OSError) else None
+    if filename is None:
+        return code, strerror
+    return code, strerror, filename
 
 
 class AddressSpaceError(AiomemmapError, OSError):
