@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import typing
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Final
 
 import aiohttp
@@ -18,7 +19,12 @@ import yarl
 
 from aiomemmap._core.errors import ClosedError, StaleVersionError
 from aiomemmap._core.pages import is_int
-from aiomemmap.backings.base import check_offset, check_timeout, writable_byte_view
+from aiomemmap.backings.base import (
+    check_offset,
+    check_size,
+    check_timeout,
+    writable_byte_view,
+)
 
 __all__ = ["HttpBacking"]
 
@@ -151,10 +157,13 @@ class HttpBacking:
     no per-request work beyond what aiohttp itself does: no listing cache, no
     whole-body ``bytes`` object, no thread hop.
 
-    :meth:`size` and :meth:`version` send a ``HEAD`` each time (nothing is
-    cached); a server that refuses ``HEAD`` (405, 501) is asked with
-    ``GET`` of ``Range: bytes=0-0`` instead. The version is the ``ETag``,
-    else ``Last-Modified``, else ``None``.
+    :meth:`version` sends a ``HEAD``, and so does :meth:`size`, except
+    right after :meth:`version`, whose answer it reuses (so learning both
+    costs one request); a server that refuses ``HEAD`` (405, 501) is asked
+    with ``GET`` of ``Range: bytes=0-0`` instead. The version is the
+    ``ETag``, else ``Last-Modified``, else ``None``.
+    :meth:`read_into_file` lands a range's bytes in a file descriptor
+    (``pwrite``) rather than a buffer.
 
     Versions: reads are tied to the version pinned by the latest
     :meth:`version` (or, before any, by the first :meth:`size` or
@@ -276,6 +285,9 @@ class HttpBacking:
         self._closed = False
         self._pin: _Pin | None = None
         self._conditions: dict[str, str] = {}
+        # The size the latest version() learnt, for the size() that follows
+        # it (one request to learn both); any later size() asks again.
+        self._answered_size: int | None = None
 
     def __repr__(self) -> str:
         return f"HttpBacking({self.url!r}, closed={self._closed})"
@@ -399,7 +411,11 @@ class HttpBacking:
     async def size(self) -> int:
         """Return the object's size from a ``HEAD`` (or a one-byte ``GET``).
 
-        Pins the version seen if none is pinned yet.
+        Pins the version seen if none is pinned yet. The first call after
+        :meth:`version` returns the size that :meth:`version`'s request
+        learnt, without a request of its own: asking for the version and
+        then the size (as a cached file does when it opens) costs one
+        request, and the two describe the same version.
 
         Raises:
             FileNotFoundError: HTTP 404 or 410.
@@ -410,6 +426,10 @@ class HttpBacking:
             ClosedError: The backing was closed.
             RuntimeError: Called from another event loop than the first call.
         """
+        size = self._answered_size
+        if size is not None:
+            self._answered_size = None
+            return size
         size, pin = await self._probe()
         if self._pin is None:
             self._set_pin(pin)
@@ -430,8 +450,9 @@ class HttpBacking:
             ClosedError: The backing was closed.
             RuntimeError: Called from another event loop than the first call.
         """
-        _size, pin = await self._probe()
+        size, pin = await self._probe()
         self._set_pin(pin)
+        self._answered_size = size
         return pin.token
 
     async def read_into(self, offset: int, buf: memoryview) -> int:
@@ -468,8 +489,67 @@ class HttpBacking:
         if type(offset) is not int or offset < 0:
             offset = check_offset(offset)
         view = writable_byte_view(buf)
+
+        def land(chunk: bytes | memoryview, done: int) -> None:
+            view[done : done + len(chunk)] = chunk
+
+        return await self._get(offset, len(view), land)
+
+    async def read_into_file(
+        self, offset: int, length: int, fd: int, file_offset: int
+    ) -> int:
+        """Read ``[offset, offset + length)`` into file ``fd`` at ``file_offset``.
+
+        The same request, checks and errors as :meth:`read_into`, but each
+        piece of the body is written to ``fd`` with ``os.pwrite`` as it
+        arrives instead of being copied into a buffer: for a memfd, the
+        kernel then allocates and fills its pages in one step, about twice
+        as fast as a copy into fresh pages of a mapping of it.
+
+        Args:
+            offset: First byte of the object to read.
+            length: How many bytes to read (``>= 0``).
+            fd: A file descriptor open for writing that accepts ``pwrite``.
+            file_offset: Where in ``fd`` the byte at ``offset`` goes.
+
+        Returns:
+            Bytes written: short if the body ended early, 0 at or past the
+            pinned end.
+
+        Raises:
+            The errors of :meth:`read_into`; ``OSError`` from ``pwrite``.
+
+        Postconditions:
+            ``fd`` holds the object's bytes ``[offset, offset + result)`` at
+            ``[file_offset, file_offset + result)``; nothing else of ``fd``
+            was written.
+
+        Cancellation:
+            As :meth:`read_into`; ``fd`` may be partly written.
+        """
+        if type(offset) is not int or offset < 0:
+            offset = check_offset(offset)
+        length = check_size(length)
+        file_offset = check_offset(file_offset)
+        pwrite = os.pwrite
+
+        def land(chunk: bytes | memoryview, done: int) -> None:
+            at = file_offset + done
+            while True:
+                n = pwrite(fd, chunk, at)
+                if n == len(chunk):
+                    return
+                if n <= 0:
+                    raise OSError(errno.EIO, f"{self!r}: pwrite wrote nothing")
+                chunk, at = memoryview(chunk)[n:], at + n
+
+        return await self._get(offset, length, land)
+
+    async def _get(
+        self, offset: int, want: int, land: Callable[[bytes | memoryview, int], None]
+    ) -> int:
+        """Send one ranged ``GET`` and hand its body to ``land`` piece by piece."""
         session = self._session_here()
-        want = len(view)
         if want == 0:
             return 0
         pin = self._pin
@@ -482,7 +562,7 @@ class HttpBacking:
             async with session.get(
                 self._target, headers=headers, timeout=self._client_timeout
             ) as resp:
-                return await self._receive(resp, pin, offset, view)
+                return await self._receive(resp, pin, offset, want, land)
         except TimeoutError as exc:
             raise self._timed_out(f"GET at {offset}", exc) from exc
 
@@ -491,10 +571,15 @@ class HttpBacking:
         resp: aiohttp.ClientResponse,
         pin: _Pin | None,
         offset: int,
-        view: memoryview,
+        want: int,
+        land: Callable[[bytes | memoryview, int], None],
     ) -> int:
-        """Check the answer to a ranged ``GET`` and copy its body into ``view``."""
-        want = len(view)
+        """Check the answer to a ranged ``GET`` and land its body.
+
+        ``land(piece, done)`` receives each piece of the body with the count
+        of bytes landed before it; nothing is landed before the answer has
+        been checked against the pinned version.
+        """
         status = resp.status
         if status == 412:
             resp.release()
@@ -544,9 +629,14 @@ class HttpBacking:
         done = 0
         try:
             content = resp.content
+            # One piece as it came off the connection at a time: readany()
+            # would join whatever is buffered into a new bytes first.
+            readchunk = content.readchunk
             while done < want:
-                chunk = await content.readany()
+                chunk, end_of_http_chunk = await readchunk()
                 if not chunk:
+                    if end_of_http_chunk:
+                        continue
                     break
                 n = len(chunk)
                 if n > want - done:
@@ -557,9 +647,9 @@ class HttpBacking:
                             "the server sent more",
                         )
                     n = want - done
-                    view[done:want] = memoryview(chunk)[:n]
+                    land(memoryview(chunk)[:n], done)
                 else:
-                    view[done : done + n] = chunk
+                    land(chunk, done)
                 done += n
             # A 206 body must end here; anything more is a broken range.
             if (

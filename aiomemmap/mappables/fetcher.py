@@ -37,8 +37,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import typing
 from collections.abc import Callable, Iterator
-from typing import final
+from typing import Protocol, final
 
 from aiomemmap._core.access import AccessType
 from aiomemmap._core.blockseq import BlockSeq, zero_seq
@@ -65,6 +66,43 @@ def _round_up_size(size: int) -> int:
     if rounded >= ADDR_LIMIT or size < 0:
         return page_round_up(size)  # Raises.
     return rounded
+
+
+class _FileLandingBacking(Protocol):
+    """A backing that can also land a range straight in a file descriptor."""
+
+    async def read_into_file(
+        self, offset: int, length: int, fd: int, file_offset: int
+    ) -> int: ...
+
+
+@final
+class _LandingInFile:
+    """A backing whose reads land through the memory file's descriptor.
+
+    ``read_into(offset, buf)``, where ``buf`` maps the memory file at
+    ``offset + delta``, fills ``buf`` by writing the bytes to the memory
+    file there (``read_into_file``): the kernel allocates and fills fresh
+    pages in one step, where a copy into ``buf`` would fault each page in
+    first. Only what :func:`~aiomemmap.backings.base.read_fully` calls is
+    provided: ``size`` and ``read_into``.
+    """
+
+    __slots__ = ("_backing", "_delta", "_fd")
+
+    def __init__(self, backing: Backing, fd: int, delta: int) -> None:
+        self._backing = backing
+        self._fd = fd
+        self._delta = delta
+
+    async def size(self) -> int:
+        return await self._backing.size()
+
+    async def read_into(self, offset: int, buf: memoryview) -> int:
+        backing = typing.cast(_FileLandingBacking, self._backing)
+        return await backing.read_into_file(
+            offset, len(buf), self._fd, offset + self._delta
+        )
 
 
 @final
@@ -155,6 +193,7 @@ class Fetcher:
         "_closed",
         "_fetches",
         "_held",
+        "_lands_in_file",
         "_max_fetch",
         "_mf",
         "_on_land",
@@ -192,6 +231,7 @@ class Fetcher:
     ) -> None:
         self._owner = owner
         self._backing = backing
+        self._lands_in_file = callable(getattr(backing, "read_into_file", None))
         self._mf = mf
         self._cache = cache
         self._size = size
@@ -487,8 +527,17 @@ class Fetcher:
                     FileRange(fr.start, fr.start + valid), AccessType.READ_WRITE
                 )
                 pos = fetch.start
+                file_pos = fr.start
+                fd = mf.fd() if self._lands_in_file else -1
                 for block in blocks:
-                    n = await read_fully(self._backing, pos, block, retry=self._retry)
+                    source = self._backing
+                    if self._lands_in_file:
+                        # read_fully calls only size() and read_into().
+                        source = typing.cast(
+                            Backing, _LandingInFile(source, fd, file_pos - pos)
+                        )
+                    n = await read_fully(source, pos, block, retry=self._retry)
+                    file_pos += len(block)
                     self.bytes_fetched += n
                     if n < len(block):
                         if pos + n < fetch.backed_end:
