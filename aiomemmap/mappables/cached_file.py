@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import typing
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, final
+from typing import TYPE_CHECKING, Final, Protocol, final
 
 from aiomemmap._core.access import AccessType
 from aiomemmap._core.cancel import finish_shielded
@@ -51,6 +52,7 @@ from aiomemmap._core.pages import (
 )
 from aiomemmap._core.ranges import AddrRange, MappableRange
 from aiomemmap.backings.base import Backing, RetryPolicy
+from aiomemmap.backings.opener import open_backing
 from aiomemmap.fsutil.file_range_set import release
 from aiomemmap.mappables.cache_eviction import CacheEviction
 from aiomemmap.mappables.cache_units import CacheUnits
@@ -86,6 +88,7 @@ __all__ = [
     "CacheStatistics",
     "CachedFile",
     "CachedView",
+    "ReadableBacking",
 ]
 
 DEFAULT_MAX_FETCH_BYTES: Final[int] = 2 * 1024 * 1024
@@ -103,6 +106,45 @@ DEFAULT_MAX_FETCHES_IN_FLIGHT: Final[int] = 32
 Enough for 16 concurrent random readers plus a sequential reader's windows,
 each fetch waiting out the storage's round trip.
 """
+
+
+_READ_METHODS: Final = ("size", "read_into", "version")
+"""The backing methods every cached file uses."""
+
+_WRITE_METHODS: Final = ("write_from", "truncate")
+"""The backing methods a writable cached file uses besides."""
+
+
+class ReadableBacking(Protocol):
+    """What a cached file needs of a backing it only reads.
+
+    The read half of :class:`~aiomemmap.backings.base.Backing`: a backing
+    written for reading alone needs no ``write_from`` nor ``truncate`` (a
+    cached file over it is read-only). ``aclose`` is called only on a
+    backing the file owns (see :meth:`CachedFile.open`).
+    """
+
+    async def size(self) -> int:
+        """Return the size of the file in bytes."""
+        ...
+
+    async def read_into(self, offset: int, buf: memoryview) -> int:
+        """Read up to ``len(buf)`` bytes at ``offset``; short only at the end."""
+        ...
+
+    async def version(self) -> str | None:
+        """Return the version of the object (ETag, mtime...), or ``None``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the backing holds."""
+        ...
+
+
+def _is_local(url_or_path: str) -> bool:
+    """Return whether :func:`~aiomemmap.open_backing` opens a local file for it."""
+    scheme, sep, _ = url_or_path.partition("://")
+    return not sep or scheme.lower() in ("file", "local")
 
 
 @final
@@ -152,13 +194,19 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
     picks up changes made to the backing by others.
 
     Args:
-        backing: Where the bytes live.
+        backing: Where the bytes live: a
+            :class:`~aiomemmap.backings.base.Backing`, or a backing that is
+            only read (``size``, ``read_into``, ``version``; see
+            :class:`ReadableBacking`), which makes a read-only file. The
+            backing stays the caller's: :meth:`aclose` does not close it
+            (:meth:`open` makes a file that owns its backing).
         memory_file: Where cached pages are allocated.
         readahead: The readahead policy; ``None`` means
             :class:`~aiomemmap.mappables.readahead.AdaptiveReadahead` with its
             defaults.
         writable: Whether :meth:`write`, :meth:`truncate` and writable shared
-            mappings are allowed. Requires a backing that is not read-only.
+            mappings are allowed. Requires a backing that is not read-only
+            and has ``write_from`` and ``truncate``.
         name: The name shown for mappings of the file (``/proc/pid/maps``).
         retry: How transient backing errors are retried: those of reads and
             of the first questions for the size and version; ``None`` uses
@@ -171,7 +219,9 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
 
     Raises:
         TypeError: An argument has the wrong type (``bus`` included: it
-            must be an :class:`~aiomemmap.InvalidationBus` or None).
+            must be an :class:`~aiomemmap.InvalidationBus` or None), or
+            ``writable`` with a backing that has no ``write_from`` or
+            ``truncate``.
         ValueError: A size is out of range (``AlignmentError`` if not a
             multiple of ``PAGE_SIZE``).
         PermissionError: ``writable`` with a read-only backing.
@@ -264,7 +314,7 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
 
     def __init__(
         self,
-        backing: Backing,
+        backing: Backing | ReadableBacking,
         memory_file: MemoryFile,
         *,
         readahead: ReadaheadPolicy | None = None,
@@ -276,16 +326,15 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
         bus: InvalidationBus | None = None,
     ) -> None:
         owner = "CachedFile"
-        missing = [
-            m
-            for m in ("size", "read_into", "version", "truncate", "write_from")
-            if not callable(getattr(backing, m, None))
-        ]
+        missing = [m for m in _READ_METHODS if not callable(getattr(backing, m, None))]
         if missing:
             raise TypeError(
                 f"{owner}: backing must be a Backing, got {backing!r} "
                 f"(missing {', '.join(missing)})"
             )
+        no_writes = [
+            m for m in _WRITE_METHODS if not callable(getattr(backing, m, None))
+        ]
         if not isinstance(memory_file, MemoryFile):
             raise TypeError(
                 f"{owner}: memory_file must be a MemoryFile, got {memory_file!r}"
@@ -329,13 +378,19 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
                 f"{owner}: max_fetches_in_flight must be positive, "
                 f"got {max_fetches_in_flight}"
             )
+        if writable and no_writes:
+            raise TypeError(
+                f"{owner}: cannot open {backing!r} writable: a writable file "
+                f"needs a backing with {' and '.join(_WRITE_METHODS)}, and it "
+                f"has no {', '.join(no_writes)}"
+            )
         if writable and getattr(backing, "readonly", False):
             raise PermissionError(
                 errno.EACCES,
                 f"{owner}: cannot open {backing!r} writable: the backing is read-only",
             )
         super().__init__(
-            backing,
+            typing.cast("Backing", backing),
             memory_file,
             policy=readahead if readahead is not None else AdaptiveReadahead(),
             writable=writable,
@@ -348,6 +403,103 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
         if self._budget:
             self._units = CacheUnits(self, memory_file)
         self._fetcher.on_stale = self._react_to_stale
+
+    @classmethod
+    async def open(
+        cls,
+        url_or_path: str,
+        memory_file: MemoryFile,
+        *,
+        readahead: ReadaheadPolicy | None = None,
+        writable: bool = False,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES,
+        max_fetches_in_flight: int = DEFAULT_MAX_FETCHES_IN_FLIGHT,
+        bus: InvalidationBus | None = None,
+        **storage_options: object,
+    ) -> CachedFile:
+        """Open a path or URL as a cached file that owns its backing.
+
+        The backing is opened with :func:`~aiomemmap.open_backing` and
+        belongs to the file: :meth:`aclose` closes it, and so does a failed
+        open. The size is asked for here (one request), so that a missing
+        object or refused credentials fail here rather than at the first
+        read.
+
+        Options: the keyword arguments named like the constructor's
+        (``readahead``, ``writable``, ``name``, ``retry``,
+        ``max_fetch_bytes``, ``max_fetches_in_flight``, ``bus``) are the
+        file's; every other keyword is a storage option, passed to
+        :func:`~aiomemmap.open_backing` as it is (``headers`` for HTTP;
+        ``endpoint_url``, ``key``, ``secret`` for S3...). ``writable=True``
+        opens a local file's backing writable too; for other storage pass
+        the backing's own option as well (``readonly=False`` for fsspec
+        URLs).
+
+        Args:
+            url_or_path: A local path or a URL (``https://``, ``s3://``, any
+                fsspec URL).
+            memory_file: Where cached pages are allocated.
+            readahead: As for the constructor.
+            writable: As for the constructor.
+            name: As for the constructor; ``None`` names mappings of the
+                file after ``url_or_path``.
+            retry: As for the constructor.
+            max_fetch_bytes: As for the constructor.
+            max_fetches_in_flight: As for the constructor.
+            bus: As for the constructor.
+            **storage_options: Options of the backing.
+
+        Returns:
+            The open file, its size known.
+
+        Raises:
+            TypeError, ValueError: A bad path, URL or option (nothing is
+                left open).
+            ImportError: The protocol needs a package that is not installed.
+            FileNotFoundError, PermissionError, OSError: The object cannot
+                be opened or its size not read (the backing's error).
+            PermissionError: ``writable`` and the backing is read-only.
+
+        Postconditions:
+            The caller owns the file and closes it with :meth:`aclose` (or
+            ``async with``); nothing else needs closing.
+
+        Locking:
+            Takes no lock.
+
+        Cancellation:
+            Whatever was opened is closed again before the cancellation
+            propagates.
+        """
+        if writable and _is_local(url_or_path):
+            storage_options.setdefault("writable", True)
+        backing = open_backing(url_or_path, **storage_options)
+        try:
+            cached_file = cls(
+                backing,
+                memory_file,
+                readahead=readahead,
+                writable=writable,
+                name=url_or_path if name is None else name,
+                retry=retry,
+                max_fetch_bytes=max_fetch_bytes,
+                max_fetches_in_flight=max_fetches_in_flight,
+                bus=bus,
+            )
+        except BaseException:
+            await finish_shielded(backing.aclose())
+            raise
+        cached_file._owns_backing = True
+        try:
+            await cached_file._size_or_bus_error()
+        except BaseException as exc:
+            await finish_shielded(cached_file.aclose())
+            if isinstance(exc, BusError) and isinstance(exc.err, Exception):
+                raise exc.err from exc
+            raise
+        return cached_file
 
     def __repr__(self) -> str:
         size = "?" if self._size is None else f"{self._size:#x}"
@@ -481,12 +633,15 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
 
         Fetches in flight are cancelled (their waiters get a ``BusError``
         wrapping ``ClosedError``), every mapping is invalidated (the spaces
-        keep the references they took), and every cached page is freed. The
-        backing itself is not closed: it belongs to the caller.
+        keep the references they took), and every cached page is freed
+        (pages held by a :meth:`read_view` are freed when it lets go of
+        them). The backing is closed last if the file owns it (it was made
+        by :meth:`open`); a backing given to the constructor belongs to the
+        caller and stays open.
 
         Raises:
-            OSError: Writing back failed. The file is closed anyway and the
-                unwritten data is lost.
+            OSError: Writing back, or closing an owned backing, failed. The
+                file is closed anyway and the unwritten data is lost.
 
         Postconditions:
             ``closed``; this file holds no page of the memory file.
@@ -513,6 +668,12 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
             self._closed = True
             self._fetcher.close()
             await finish_shielded(self._shutdown())
+            if self._owns_backing:
+                try:
+                    await finish_shielded(self._backing.aclose())
+                except Exception as exc:
+                    if error is None:
+                        error = exc
         if error is not None:
             raise error
 

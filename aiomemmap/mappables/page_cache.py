@@ -187,6 +187,7 @@ class PageCache:
         "_mf",
         "_misses",
         "_name",
+        "_owns_backing",
         "_policy",
         "_ra",
         "_refs",
@@ -222,6 +223,8 @@ class PageCache:
         self._policy = policy
         self._ra: ReadaheadState = policy.new_state()
         self._writable = writable
+        # Whether aclose() closes the backing too (CachedFile.open made it).
+        self._owns_backing = False
         self._name = name
         self._retry = retry
         self._lock = OrderedLock(LockRank.MAPPABLE, "CachedFile.lock")
@@ -524,6 +527,9 @@ class PageCache:
             changes the cache meanwhile; a page being written is also held by
             an extra reference while its bytes are in use.
         """
+        if self._dirty.is_empty_range(start, end):
+            # Nothing to write (and a read-only backing has no write_from).
+            return
         size = self._size if self._size is not None else 0
         last = max(
             (min(d.end, end, size) for d in self._dirty.segments(start, end)),
