@@ -34,8 +34,10 @@ from aiomemmap._core.errors import ClosedError
 from aiomemmap._core.pages import is_int
 from aiomemmap.engine.engine import Engine
 from aiomemmap.engine.thread import EngineThread
+from aiomemmap.faces.landing import Landing
 from aiomemmap.faces.position import seek_target
 from aiomemmap.mappables.cached_file import CachedFile, CacheStatistics
+from aiomemmap.mappables.page_cache import writable_bytes
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -176,6 +178,12 @@ class _SameLoop:
     async def run(self, func: Callable[..., Awaitable[_T]], *args: object) -> _T:
         return await func(*args)
 
+    async def readinto(
+        self, cached_file: CachedFile, offset: int, target: memoryview
+    ) -> int:
+        # On this loop: the copy is made only if the read is not cancelled.
+        return await cached_file.readinto(offset, target)
+
     async def release(self, cached_file: CachedFile) -> None:
         shared = self.shared
         try:
@@ -197,6 +205,17 @@ class _OtherLoop:
     async def run(self, func: Callable[..., Awaitable[_T]], *args: object) -> _T:
         future = self.engine_thread.start_call(func, *args)
         return await asyncio.wrap_future(future)
+
+    async def readinto(
+        self, cached_file: CachedFile, offset: int, target: memoryview
+    ) -> int:
+        # The engine's thread copies into the buffer; once this returns (or
+        # raises) it no longer may.
+        landing = Landing(target)
+        try:
+            return await self.run(landing.fill, cached_file, offset)
+        finally:
+            landing.withdraw()
 
     async def release(self, cached_file: CachedFile) -> None:
         # ClosedError: the engine thread closed, nothing to give back.
@@ -322,20 +341,34 @@ class AsyncRemoteFile:
     async def readinto(self, buffer: WriteableBuffer) -> int:
         """Read into ``buffer`` at the position and move past what was read.
 
+        The bytes are copied straight from the cache into ``buffer`` (by the
+        engine's thread when the engine runs on one): nothing is allocated
+        for them.
+
         Returns:
             How many bytes were read; 0 at or past the end.
 
         Raises:
-            ValueError: The file is closed.
+            TypeError: ``buffer`` is not a buffer, or it is read-only.
+            ValueError: The file is closed, or ``buffer`` is not contiguous.
             BusError: The storage failed (after retries).
 
+        Postconditions:
+            Nothing writes to ``buffer`` once the call has returned or
+            raised.
+
         Cancellation:
-            The position does not move and ``buffer`` is unchanged.
+            The position does not move. ``buffer`` is unchanged, except with
+            an engine on another thread that had already copied the bytes
+            when the cancellation arrived.
         """
-        with memoryview(buffer) as view, view.cast("B") as target:
-            data = await self.read(len(target))
-            target[: len(data)] = data
-            return len(data)
+        with writable_bytes("readinto", buffer) as target:
+            async with self._lock:
+                self._check_open()
+                pos = self._pos
+                n = await self._calls.readinto(self._file, pos, target)
+                self._pos = pos + n
+                return n
 
     async def pread(self, offset: int, n: int) -> bytes:
         """Read up to ``n`` bytes at ``offset``, leaving the position alone.

@@ -31,8 +31,10 @@ from aiomemmap._core.pages import is_int
 from aiomemmap.engine.default import default_engine
 from aiomemmap.engine.engine import Engine
 from aiomemmap.engine.thread import EngineThread
+from aiomemmap.faces.landing import Landing
 from aiomemmap.faces.position import seek_target
 from aiomemmap.mappables.cached_file import CachedFile, CacheStatistics
+from aiomemmap.mappables.page_cache import writable_bytes
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -342,20 +344,33 @@ class RemoteFile(io.RawIOBase):
     def readinto(self, buffer: WriteableBuffer) -> int:
         """Read into ``buffer`` at the position and move past what was read.
 
+        The engine's thread copies the bytes straight from the cache into
+        ``buffer``, while this thread waits: nothing is allocated for them.
+
         Args:
-            buffer: A writable buffer.
+            buffer: A writable, C-contiguous buffer.
 
         Returns:
             How many bytes were read; 0 at or past the end.
 
         Raises:
-            ValueError: The file is closed.
+            TypeError: ``buffer`` is not a buffer, or it is read-only.
+            ValueError: The file is closed, or ``buffer`` is not contiguous.
             BusError: The storage failed (after retries).
+
+        Postconditions:
+            Nothing writes to ``buffer`` once the call has returned or
+            raised (an interrupt included).
         """
-        with memoryview(buffer) as view, view.cast("B") as target:
-            data = self.read(len(target))
-            target[: len(data)] = data
-            return len(data)
+        with writable_bytes("readinto", buffer) as target, self._lock:
+            self._check_open()
+            landing = Landing(target)
+            try:
+                n = self._calls.call(landing.fill, self._file, self._pos)
+            finally:
+                landing.withdraw()
+            self._pos += n
+            return n
 
     def readline(self, size: int | None = -1) -> bytes:
         """Read one line (up to and including a newline), at most ``size`` bytes.
