@@ -19,6 +19,7 @@ import pytest
 
 from aiomemmap import (
     Backing,
+    BusError,
     BytesBacking,
     ClosedError,
     FaultInjectingBacking,
@@ -417,7 +418,6 @@ def response_error(status: int) -> aiohttp.ClientResponseError:
     "exc",
     [
         ConnectionResetError(),
-        ConnectionRefusedError(),
         TimeoutError(),
         aiohttp.ClientPayloadError("cut"),
         aiohttp.ServerDisconnectedError(),
@@ -449,6 +449,9 @@ def test_is_transient_true(exc: BaseException) -> None:
         s3_style(403, errno.EACCES),
         OSError(errno.EIO, "io"),
         RuntimeError(),
+        ConnectionRefusedError(),
+        OSError(errno.ECONNREFUSED, "refused"),
+        BusError(ConnectionResetError()),
     ],
 )
 def test_is_transient_false(exc: BaseException) -> None:

@@ -7,10 +7,14 @@ coroutine, so a backing may wait for the network without blocking the loop.
 
 Transient failures (a dropped connection, a timeout, a 5xx answer) are retried
 by the caller through :func:`read_fully` or :func:`call_with_retry` with a
-:class:`RetryPolicy`; a backing's own methods make one attempt each. A read
-answered by another version of the object than the one the backing is tied
-to raises :class:`~aiomemmap._core.errors.StaleVersionError`, which is never
-retried: the caller revalidates instead.
+:class:`RetryPolicy`; a backing's own methods make one attempt each. What is
+not transient fails at once, without a retry: a missing object, a refused
+permission, a refused connection (see :func:`is_transient`), a
+:class:`~aiomemmap._core.errors.BusError` (the final word of a retry loop
+below). A read answered by another version of the object than the one the
+backing is tied to raises
+:class:`~aiomemmap._core.errors.StaleVersionError`, which is never retried
+either: the caller revalidates instead.
 
 The backings themselves live in modules of their own, so that using one loads
 no library another needs: :mod:`~aiomemmap.backings.memory`,
@@ -33,13 +37,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
-from aiomemmap._core.errors import StaleVersionError
+from aiomemmap._core.errors import BusError, StaleVersionError
 from aiomemmap._core.pages import is_int
 
 __all__ = [
     "Backing",
     "RetryPolicy",
     "call_with_retry",
+    "is_refused",
     "is_transient",
     "read_fully",
 ]
@@ -165,12 +170,12 @@ class Backing(Protocol):
 
 # errno values an OSError may carry when the failure is worth retrying: the
 # peer went away, the request timed out, the service asked us to slow down.
+# ECONNREFUSED is not one of them (see is_transient).
 _TRANSIENT_ERRNOS: Final[frozenset[int]] = frozenset(
     {
         errno.EAGAIN,
         errno.EBUSY,
         errno.ECONNABORTED,
-        errno.ECONNREFUSED,
         errno.ECONNRESET,
         errno.EHOSTUNREACH,
         errno.ENETDOWN,
@@ -184,6 +189,7 @@ _TRANSIENT_ERRNOS: Final[frozenset[int]] = frozenset(
 
 # Exceptions that are never transient, whatever they wrap.
 _PERMANENT: Final[tuple[type[BaseException], ...]] = (
+    BusError,
     StaleVersionError,
     FileNotFoundError,
     PermissionError,
@@ -247,11 +253,26 @@ def _is_transient_status(status: int) -> bool:
     return status >= 500 or status in (408, 429)
 
 
+def is_refused(exc: BaseException) -> bool:
+    """Return whether ``exc`` says a connection was refused.
+
+    True for a ``ConnectionRefusedError``, or any ``OSError`` with
+    ``ECONNREFUSED`` (aiohttp's ``ClientConnectorError`` carries the errno
+    of the connection attempt), found in ``exc`` or its explicit causes.
+    """
+    for link in exception_chain(exc):
+        if isinstance(link, ConnectionRefusedError) or (
+            isinstance(link, OSError) and link.errno == errno.ECONNREFUSED
+        ):
+            return True
+    return False
+
+
 def is_transient(exc: BaseException) -> bool:
     """Return whether retrying the operation that raised ``exc`` may succeed.
 
-    Transient: ``ConnectionError`` (refused, reset, aborted, broken pipe),
-    ``TimeoutError`` (which ``asyncio.TimeoutError`` and fsspec's
+    Transient: ``ConnectionError`` (reset, aborted, broken pipe; not
+    refused), ``TimeoutError`` (which ``asyncio.TimeoutError`` and fsspec's
     ``FSTimeoutError`` are), aiohttp's client errors (connection and payload
     errors, a server that disconnected), HTTP 5xx, 408 and 429 answers
     however they are surfaced: fsspec's HTTP filesystem raises aiohttp's
@@ -263,10 +284,21 @@ def is_transient(exc: BaseException) -> bool:
 
     Never transient: ``asyncio.CancelledError`` and other non-``Exception``
     exceptions, :class:`~aiomemmap._core.errors.StaleVersionError` (the
-    object changed: retrying reads the new version), ``FileNotFoundError``,
-    ``PermissionError``, ``IsADirectoryError``, ``NotADirectoryError``,
-    ``FileExistsError``, ``ValueError``, ``TypeError``, HTTP 4xx other than
-    408/429, and anything unrecognised.
+    object changed: retrying reads the new version),
+    :class:`~aiomemmap._core.errors.BusError` (it reports a failure that
+    was already retried), ``FileNotFoundError``, ``PermissionError``,
+    ``IsADirectoryError``, ``NotADirectoryError``, ``FileExistsError``,
+    ``ValueError``, ``TypeError``, HTTP 4xx other than 408/429, a refused
+    connection (see :func:`is_refused`), and anything unrecognised.
+
+    A refused connection is the host's own immediate answer that nothing
+    listens at the address: the server is down or the address is wrong. A
+    retry within a budget of well under a second meets the same answer, so
+    it is not made, at the first request to a server as at any later one
+    (fsspec's HTTP filesystem does not retry it either). A server that dies
+    while a file is read thus fails the file's next fetch within one retry
+    budget: requests cut off in flight (a reset, a disconnect, a cut body)
+    are transient and retried, and the retries, refused, fail at once.
 
     Args:
         exc: The exception to classify.
@@ -274,7 +306,7 @@ def is_transient(exc: BaseException) -> bool:
     Returns:
         ``True`` if the error is transient.
     """
-    if not isinstance(exc, Exception) or isinstance(exc, _PERMANENT):
+    if not isinstance(exc, Exception) or isinstance(exc, _PERMANENT) or is_refused(exc):
         return False
     aiohttp_errors = _aiohttp_errors()
     if aiohttp_errors is not None:

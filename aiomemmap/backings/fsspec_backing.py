@@ -25,7 +25,6 @@ from aiomemmap.backings.base import (
     check_timeout,
     exception_chain,
     http_status,
-    is_transient,
     within,
 )
 
@@ -54,22 +53,66 @@ def _protocols(fs: object) -> tuple[str, ...]:
     return (proto,) if isinstance(proto, str) else tuple(proto)
 
 
-def _unwrap_info_error(exc: Exception) -> Exception:
-    """Undo the HTTP filesystem's habit of turning every failure into 404.
+# HTTP statuses that say "the object is not there" and "you may not read it".
+_NOT_FOUND_STATUSES: Final[frozenset[int]] = frozenset({404, 410})
+_FORBIDDEN_STATUSES: Final[frozenset[int]] = frozenset({401, 403})
 
-    fsspec's HTTP ``_info`` raises ``FileNotFoundError`` from *any* error of
-    its HEAD-then-GET probe, including a 503 or a reset connection. Reporting
-    that as "not found" would make a transient outage permanent, so when the
-    cause is transient the cause is returned instead.
+
+def _status_in_chain(exc: BaseException) -> int | None:
+    """Return the first HTTP status ``exc`` or one of its causes reports."""
+    for link in exception_chain(exc):
+        status = http_status(link)
+        if status is not None:
+            return status
+    return None
+
+
+def _says_not_found(exc: BaseException) -> bool:
+    """Whether ``exc`` itself says the object is missing.
+
+    An answer with an HTTP status says so only with 404 or 410; an error
+    without one only if it is a ``FileNotFoundError``.
+    """
+    status = _status_in_chain(exc)
+    if status is not None:
+        return status in _NOT_FOUND_STATUSES
+    return isinstance(exc, FileNotFoundError)
+
+
+def _as_builtin_error(exc: Exception, path: str) -> Exception:
+    """Return the builtin error a filesystem's error stands for.
+
+    * fsspec's HTTP ``_info`` raises ``FileNotFoundError`` from *any* error
+      of its HEAD-then-GET probe, a 503, a 403 or a refused connection
+      included. Reporting those as "not found" would make an outage
+      permanent and hide the cause, so a ``FileNotFoundError`` whose cause
+      does not itself say "not found" is replaced by that cause (then
+      translated as below).
+    * An error that carries HTTP 404 or 410 and is not a
+      ``FileNotFoundError`` becomes one (``ENOENT``); one with 401 or 403
+      that is not a ``PermissionError`` becomes one (``EACCES``): fsspec's
+      HTTP reads raise aiohttp's ``ClientResponseError`` for those. Both
+      are chained to the original.
+
+    Anything else is returned as it is.
     """
     cause = exc.__cause__
     if (
         isinstance(exc, FileNotFoundError)
         and isinstance(cause, Exception)
-        and is_transient(cause)
+        and not _says_not_found(cause)
     ):
-        return cause
-    return exc
+        exc = cause
+    status = _status_in_chain(exc)
+    new: Exception
+    if status in _NOT_FOUND_STATUSES and not isinstance(exc, FileNotFoundError):
+        new = FileNotFoundError(errno.ENOENT, f"HTTP {status} for {path!r}", path)
+    elif status in _FORBIDDEN_STATUSES and not isinstance(exc, PermissionError):
+        new = PermissionError(errno.EACCES, f"HTTP {status} for {path!r}", path)
+    else:
+        return exc
+    new.__cause__ = exc
+    return new
 
 
 def _is_precondition_failed(exc: BaseException) -> bool:
@@ -315,24 +358,29 @@ class FsspecBacking:
     async def _call(
         self, what: str, native: Callable[[], Awaitable[_T]], sync: Callable[[], _T]
     ) -> _T:
-        """Run one filesystem call the way it must run, within the time limit."""
-        if self._native:
-            return await within(self._timeout, native(), self, what)
-        return await within(self._timeout, asyncio.to_thread(sync), self, what)
+        """Run one filesystem call the way it must run, within the time limit.
+
+        Raises:
+            Exception: What the filesystem raised, as the builtin error it
+                stands for (see :func:`_as_builtin_error`).
+        """
+        try:
+            if self._native:
+                return await within(self._timeout, native(), self, what)
+            return await within(self._timeout, asyncio.to_thread(sync), self, what)
+        except Exception as exc:
+            translated = _as_builtin_error(exc, self.path)
+            if translated is exc:
+                raise
+            raise translated from translated.__cause__
 
     async def _info(self) -> dict[str, object]:
         self._check_open()
         fs = self._fs
         fs.invalidate_cache(self.path)
-        try:
-            info = await self._call(
-                "info()", lambda: fs._info(self.path), lambda: fs.info(self.path)
-            )
-        except Exception as exc:
-            unwrapped = _unwrap_info_error(exc)
-            if unwrapped is exc:
-                raise
-            raise unwrapped from exc
+        info = await self._call(
+            "info()", lambda: fs._info(self.path), lambda: fs.info(self.path)
+        )
         if not isinstance(info, dict):
             raise OSError(errno.EIO, f"{self!r}: info() returned {info!r}")
         if info.get("type") == "directory":
