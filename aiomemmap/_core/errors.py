@@ -11,7 +11,10 @@ import errno as _errno
 import os
 import threading
 import typing
-from typing import ClassVar, Final, Self
+from typing import TYPE_CHECKING, ClassVar, Final, Self
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "AccessDeniedError",
@@ -60,10 +63,52 @@ class WrongLoopError(AiomemmapError, RuntimeError):
     """An object bound to one event loop was used from another loop or thread.
 
     Objects that keep state for the tasks of one event loop (an
-    :class:`~aiomemmap.InvalidationBus`, for instance) bind to the loop they
-    are first used on. The message names the object, the loop and thread it
-    belongs to, and the loop and thread it was used from.
+    :class:`~aiomemmap.InvalidationBus`, an :class:`~aiomemmap.Engine`, a
+    backing's client session) bind to the loop they are first used on. The
+    message names the object, the loop it belongs to (and whether that loop
+    has ended, as it has after ``asyncio.run`` returned), the loop and
+    thread it was used from, and what to do instead.
     """
+
+    @classmethod
+    def between(
+        cls,
+        what: str,
+        bound: asyncio.AbstractEventLoop | None,
+        used: asyncio.AbstractEventLoop,
+        advice: str,
+    ) -> WrongLoopError:
+        """Return the error for ``what``, bound to ``bound``, used on ``used``.
+
+        Args:
+            what: The object, as it should be named (e.g. its ``repr``).
+            bound: The loop it is bound to; ``None`` if that loop no longer
+                exists.
+            used: The loop it was used from (the running one).
+            advice: What to do instead, one or more sentences.
+
+        Returns:
+            The error, with a message naming both loops and the advice.
+        """
+        if bound is None:
+            owner = "an event loop that no longer exists"
+        else:
+            if bound.is_closed():
+                state = "closed: its asyncio.run() has returned"
+            elif bound.is_running():
+                state = "running in another thread"
+            else:
+                state = "not running"
+            owner = f"event loop {_loop_name(bound)} ({state})"
+        thread = threading.current_thread()
+        return cls(
+            f"{what} is bound to {owner}; it was used from event loop "
+            f"{_loop_name(used)} in thread {thread.name!r}. {advice}"
+        )
+
+
+def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    return f"{type(loop).__name__}@{id(loop):#x}"
 
 
 class InvariantError(AiomemmapError, AssertionError):

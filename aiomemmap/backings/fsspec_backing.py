@@ -7,6 +7,7 @@ loads it only for a URL that needs it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import sys
 import typing
@@ -16,7 +17,7 @@ from typing import Any, Final, TypeVar
 import fsspec
 import fsspec.asyn
 
-from aiomemmap._core.errors import ClosedError, StaleVersionError
+from aiomemmap._core.errors import ClosedError, StaleVersionError, WrongLoopError
 from aiomemmap._core.pages import is_int
 from aiomemmap.backings.base import (
     byte_view,
@@ -198,7 +199,8 @@ class FsspecBacking:
       on the caller's running loop. Such a filesystem binds its client
       session (aiohttp, aiobotocore) to the loop it first runs on, so the
       backing must be used from one loop only: it remembers the loop of its
-      first call and raises ``RuntimeError`` if called from another one. Do
+      first call and raises :class:`~aiomemmap.WrongLoopError` (a
+      ``RuntimeError``) if called from another one. Do
       not share such a filesystem between loops either; fsspec caches
       filesystem instances by their arguments and thread, not by loop, so
       create it with ``skip_instance_cache=True``
@@ -349,11 +351,19 @@ class FsspecBacking:
             if self._loop is None:
                 self._loop = loop
             elif self._loop is not loop:
-                raise RuntimeError(
-                    f"{self!r} is bound to another event loop: an asynchronous "
-                    "fsspec filesystem can only be used from the loop it first "
-                    "ran on"
-                )
+                raise self._wrong_loop(loop)
+
+    def _wrong_loop(self, loop: asyncio.AbstractEventLoop) -> WrongLoopError:
+        return WrongLoopError.between(
+            repr(self),
+            self._loop,
+            loop,
+            "Its asynchronous fsspec filesystem keeps a client session on the "
+            "loop it first ran on. Open a backing on each loop that reads "
+            "(open_backing() inside the asyncio.run() that uses it), or read "
+            "through an EngineThread (aiomemmap.open), whose loop outlives "
+            "the callers'.",
+        )
 
     async def _call(
         self, what: str, native: Callable[[], Awaitable[_T]], sync: Callable[[], _T]
@@ -646,9 +656,27 @@ class FsspecBacking:
         """Mark the backing closed; close the filesystem's session if owned.
 
         Only filesystems created by :func:`~aiomemmap.open_backing` are owned.
-        Idempotent.
+        Idempotent. An owned asynchronous filesystem is closed on the loop
+        it ran on; once that loop has ended (a finished ``asyncio.run``),
+        closing from another loop marks the backing closed and drops the
+        session, whose connections ended with their loop.
+
+        Raises:
+            WrongLoopError: An owned asynchronous filesystem runs on another
+                loop that has not ended (the backing stays open).
         """
         if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        bound = self._loop
+        if self._owns_fs and self._native and bound is not None and bound is not loop:
+            if not bound.is_closed():
+                raise self._wrong_loop(loop)
+            # The session's loop has ended with its connections: nothing is
+            # left to close but the session's own bookkeeping.
+            self._closed = True
+            with contextlib.suppress(Exception):
+                await _close_async_fs(self._fs)
             return
         self._closed = True
         if self._owns_fs and self._native:

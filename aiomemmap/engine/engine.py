@@ -554,9 +554,15 @@ class Engine:
             self._loop_ref = weakref.ref(loop)
             self._thread_id = threading.get_ident()
             return
-        if ref() is not loop:
-            raise WrongLoopError(
-                f"{self!r} runs on another event loop ({ref()!r}); it was used "
-                f"from {loop!r}. An engine serves one loop: from other threads, "
-                "go through its EngineThread (or aiomemmap.open)"
+        bound = ref()
+        if bound is not loop:
+            raise WrongLoopError.between(
+                repr(self),
+                bound,
+                loop,
+                "An engine, its files and their connections serve the loop they "
+                "were first used on. Create an engine in each asyncio.run() "
+                "(async with Engine() as engine: ...), or share one across loops "
+                "and threads through an EngineThread (Engine.start_thread(), "
+                "aiomemmap.open).",
             )
