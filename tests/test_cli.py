@@ -325,19 +325,6 @@ async def test_run_demo_in_process_reports_every_workload():
     assert "done in" in err.getvalue()
 
 
-async def test_run_demo_fails_when_bytes_differ(monkeypatch):
-    add = RangeHTTPServer.add
-
-    def corrupt(self, name, data):
-        add(self, name, b"\xff" + bytes(data[1:]))
-
-    monkeypatch.setattr(RangeHTTPServer, "add", corrupt)
-    out = io.StringIO()
-    options = DemoOptions(size=64 * 1024, latency=0, random_reads=8, compare=False)
-    assert await run_demo(options, out, io.StringIO()) == 1
-    assert "FAILED" in out.getvalue()
-
-
 def test_render_table_ratios():
     def row(impl, seconds):
         return WorkloadResult(

@@ -1,13 +1,18 @@
 """The ``aiomemmap demo`` command: a remote file mapped lazily, measured.
 
-The demo serves a generated file from a :class:`RangeHTTPServer` on
-127.0.0.1 with a simulated round-trip latency (or uses any fsspec URL), maps
-it shared and read-only into an :class:`~aiomemmap.AddressSpace` through a
-:class:`~aiomemmap.CachedFile`, and reads it with ``copy_in`` in two
-workloads: a sequential scan and concurrent random 4 KiB reads. Every byte
-read from the generated file is checked against the source. The same
-workloads then run through fsspec's file caches against the same server, and
-a report compares them.
+The demo serves a generated file over HTTP on 127.0.0.1 from a process of
+its own (a :class:`~aiomemmap.tools.http_server.RangeHTTPServer` run by
+:class:`~aiomemmap.tools.bench._served.ServedFiles`, as a real server does
+not share its client's interpreter) with a simulated round-trip latency, or
+uses any fsspec URL. It maps the file shared and read-only into an
+:class:`~aiomemmap.AddressSpace` through a :class:`~aiomemmap.CachedFile`,
+and reads it with ``copy_in`` in two workloads: a sequential scan and
+concurrent random 4 KiB reads. Every byte read from the generated file is
+checked against the source. The same workloads then run, against the same
+server, through every fsspec file cache type (one thread per reader, a
+handle each) and through aiohttp directly (one whole GET for the scan,
+concurrent range GETs for the random reads), and a table compares them all
+with the requests and body bytes the server counted for each.
 
 Each workload starts cold: it gets a fresh cached file and mapping, which are
 unmapped and closed when it ends.
@@ -48,7 +53,8 @@ from aiomemmap.memmap.interfaces import MMapOpts
 from aiomemmap.mm.address_space import AddressSpace
 from aiomemmap.mm.options import Advice
 from aiomemmap.pgalloc.memory_file import MemoryFile
-from aiomemmap.tools.http_server import RangeHTTPServer
+from aiomemmap.tools.bench._clients import fsspec_cache_types, range_gets, whole_get
+from aiomemmap.tools.bench._served import ServedFiles, ServerCounts, serve_payloads
 
 __all__ = [
     "DemoOptions",
@@ -63,12 +69,14 @@ _KIB: Final = 1 << 10
 _MIB: Final = 1 << 20
 _SCAN_CHUNK: Final = _MIB
 _RANDOM_READ: Final = 4 * _KIB
-_SCAN_BLOCK: Final = 4 * _MIB
-_RANDOM_BLOCK: Final = 64 * _KIB
-_FSSPEC_CACHES: Final = ("readahead", "blockcache", "bytes")
+# fsspec's block size for the random reads: the read size, its best for
+# them; the scan uses fsspec's default.
+_RANDOM_BLOCK: Final = _RANDOM_READ
 _SCAN: Final = "sequential scan"
 _RANDOM: Final = "random reads"
 _OURS: Final = "aiomemmap"
+_WHOLE_GET: Final = "aiohttp whole GET"
+_RANGE_GETS: Final = "aiohttp range GETs"
 _OBJECT_NAME: Final = "demo.bin"
 _SIZE_RE: Final = re.compile(r"^\s*(\d+)\s*([kmgt]?)(i?b)?\s*$", re.IGNORECASE)
 _SIZE_SHIFTS: Final = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
@@ -124,7 +132,7 @@ class DemoOptions:
         random_reads: How many random 4 KiB reads.
         readers: How many tasks (threads, for fsspec) share the random reads.
         seed: Seed of the generated file and the random offsets.
-        compare: Whether to run the workloads through fsspec too.
+        compare: Whether to run the workloads through fsspec and aiohttp too.
 
     Concurrency:
         Immutable.
@@ -145,13 +153,16 @@ class WorkloadResult:
 
     Attributes:
         workload: ``"sequential scan"`` or ``"random reads"``.
-        implementation: ``"aiomemmap"`` or ``"fsspec <cache type>"``.
+        implementation: ``"aiomemmap"``, ``"fsspec <cache type>"``,
+            ``"aiohttp whole GET"`` or ``"aiohttp range GETs"``.
         seconds: Wall-clock time of the workload.
         reads: Reads made.
         bytes_read: Bytes the reads returned.
-        fetches: Backing fetches (aiomemmap) or HTTP requests seen by the
-            local server (fsspec); ``None`` when unknown.
-        bytes_fetched: Bytes those fetches moved; ``None`` when unknown.
+        fetches: Requests the demo's server answered during the run; with
+            ``--url`` (no server of the demo's), aiomemmap's backing fetches
+            and ``None`` for the others.
+        bytes_fetched: Body bytes of those requests (or fetches); ``None``
+            when unknown.
         hit_rate: Share of the pages read that did not wait for a fetch;
             ``None`` when unknown.
         latencies: Seconds taken by each read.
@@ -202,7 +213,16 @@ class _Target:
     size: int
     scan_bytes: int
     expected: bytes | None
-    server: RangeHTTPServer | None
+    served: ServedFiles | None
+
+    def counts(self) -> ServerCounts | None:
+        """What the demo's server has counted so far; ``None`` without one."""
+        return None if self.served is None else self.served.counts()
+
+
+def _used(before: ServerCounts | None, target: _Target) -> ServerCounts | None:
+    after = target.counts()
+    return None if before is None or after is None else after - before
 
 
 def _plan(
@@ -328,6 +348,7 @@ async def _run_ours(
     display: _Display,
 ) -> WorkloadResult:
     """Run one workload through a fresh cached file mapped into ``asp``."""
+    before = target.counts()
     backing = open_backing(target.url)
     cf = CachedFile(backing, asp.memory_file, name=target.url)
     latencies: list[float] = []
@@ -380,6 +401,7 @@ async def _run_ours(
     finally:
         await cf.aclose()
         await backing.aclose()
+    used = _used(before, target)
     pages = sum(_pages_spanned(off, n) for off, n in reads)
     return WorkloadResult(
         workload=workload,
@@ -387,8 +409,8 @@ async def _run_ours(
         seconds=seconds,
         reads=len(reads),
         bytes_read=total,
-        fetches=st.fetches,
-        bytes_fetched=st.bytes_fetched,
+        fetches=st.fetches if used is None else used.requests,
+        bytes_fetched=st.bytes_fetched if used is None else used.bytes_sent,
         hit_rate=max(0.0, 1 - st.misses / pages) if pages else None,
         latencies=latencies,
         mismatches=None if target.expected is None else mismatches,
@@ -413,7 +435,7 @@ def _pages_spanned(off: int, n: int) -> int:
 def _fsspec_reads(
     url: str,
     cache_type: str,
-    block_size: int,
+    block_size: int | None,
     shares: list[list[tuple[int, int]]],
     meter: _Meter,
 ) -> tuple[float, list[float]]:
@@ -463,14 +485,13 @@ async def _run_fsspec(
     display: _Display,
 ) -> WorkloadResult:
     """Run one workload through fsspec's file cache ``cache_type``."""
-    srv = target.server
-    requests0 = srv.requests if srv is not None else 0
-    sent0 = srv.bytes_sent if srv is not None else 0
+    before = target.counts()
 
     def status() -> str:
-        return "" if srv is None else f"{srv.requests - requests0} requests"
+        used = _used(before, target)
+        return "" if used is None else f"{used.requests} requests"
 
-    block = _SCAN_BLOCK if workload == _SCAN else _RANDOM_BLOCK
+    block = None if workload == _SCAN else _RANDOM_BLOCK
     shares = [reads[i::readers] for i in range(readers)]
     total = sum(n for _, n in reads)
     name = f"fsspec {cache_type}"
@@ -482,16 +503,73 @@ async def _run_fsspec(
         raise RuntimeError(
             f"fsspec ({cache_type}) read {meter.done} bytes instead of {total}"
         )
+    used = _used(before, target)
     return WorkloadResult(
         workload=workload,
         implementation=name,
         seconds=seconds,
         reads=len(reads),
         bytes_read=total,
-        fetches=None if srv is None else srv.requests - requests0,
-        bytes_fetched=None if srv is None else srv.bytes_sent - sent0,
+        fetches=None if used is None else used.requests,
+        bytes_fetched=None if used is None else used.bytes_sent,
         hit_rate=None,
         latencies=latencies,
+        mismatches=None,
+    )
+
+
+# ---------------------------------------------------------------------------
+# The workloads through aiohttp directly (HTTP targets only).
+# ---------------------------------------------------------------------------
+
+
+async def _run_aiohttp(
+    target: _Target,
+    workload: str,
+    reads: list[tuple[int, int]],
+    readers: int,
+    display: _Display,
+) -> WorkloadResult:
+    """Run one workload through aiohttp without a cache.
+
+    The scan is one GET of the whole file (a range GET of its first
+    ``scan_bytes`` when the scan stops short of the end); the random reads
+    are range GETs, one task per reader. No latency per read is taken.
+    """
+    before = target.counts()
+    total = sum(n for _, n in reads)
+    name = _WHOLE_GET if workload == _SCAN else _RANGE_GETS
+
+    def status() -> str:
+        used = _used(before, target)
+        return "" if used is None else f"{used.requests} requests"
+
+    async with display.track(_label(workload, name), total, status) as meter:
+        t0 = time.perf_counter()
+        if workload != _SCAN:
+            shares = [[off for off, _ in reads[i::readers]] for i in range(readers)]
+            # A read cut short by the end of the file is cut short by the
+            # server too.
+            got = await range_gets(target.url, shares, _RANDOM_READ)
+        elif target.scan_bytes == target.size:
+            got = await whole_get([target.url])
+        else:
+            got = await range_gets(target.url, [[0]], target.scan_bytes)
+        seconds = time.perf_counter() - t0
+        meter.add(got)
+    if got != total:
+        raise RuntimeError(f"{name} read {got} bytes instead of {total}")
+    used = _used(before, target)
+    return WorkloadResult(
+        workload=workload,
+        implementation=name,
+        seconds=seconds,
+        reads=len(reads),
+        bytes_read=total,
+        fetches=None if used is None else used.requests,
+        bytes_fetched=None if used is None else used.bytes_sent,
+        hit_rate=None,
+        latencies=(),
         mismatches=None,
     )
 
@@ -516,7 +594,7 @@ def _fmt_optional(value: int | None, fmt: Callable[[int], str]) -> str:
     return "n/a" if value is None else fmt(value)
 
 
-def _report_ours(r: WorkloadResult, describe: str, out: TextIO) -> None:
+def _report_ours(r: WorkloadResult, describe: str, fetches: str, out: TextIO) -> None:
     lines = [
         f"{r.workload}: {describe}",
         f"  bytes read      {_fmt_bytes(r.bytes_read)}",
@@ -525,7 +603,7 @@ def _report_ours(r: WorkloadResult, describe: str, out: TextIO) -> None:
         ratio = r.bytes_fetched / r.bytes_read if r.bytes_read else 0.0
         lines.append(
             f"  bytes fetched   {_fmt_bytes(r.bytes_fetched)} ({ratio:.2f}x the "
-            f"bytes read) in {r.fetches} fetches"
+            f"bytes read) in {r.fetches} {fetches}"
         )
     if r.hit_rate is not None:
         lines.append(
@@ -554,7 +632,8 @@ def render_table(results: Sequence[WorkloadResult], out: TextIO) -> None:
     """Write the comparison table of ``results``.
 
     The speedup of a row is its time divided by aiomemmap's time on the same
-    workload: above 1 aiomemmap was faster.
+    workload: above 1 aiomemmap was faster. ``requests`` and ``fetched`` are
+    :attr:`WorkloadResult.fetches` and :attr:`WorkloadResult.bytes_fetched`.
 
     Args:
         results: The rows, aiomemmap's first within each workload.
@@ -566,8 +645,8 @@ def render_table(results: Sequence[WorkloadResult], out: TextIO) -> None:
         "implementation",
         "time",
         "throughput",
+        "requests",
         "fetched",
-        "fetches",
         "p50",
         "p99",
         "speedup",
@@ -588,8 +667,8 @@ def render_table(results: Sequence[WorkloadResult], out: TextIO) -> None:
                 r.implementation,
                 f"{r.seconds:.2f} s",
                 f"{_fmt_bytes(r.throughput)}/s",
-                _fmt_optional(r.bytes_fetched, _fmt_bytes),
                 _fmt_optional(r.fetches, str),
+                _fmt_optional(r.bytes_fetched, _fmt_bytes),
                 _fmt_ms(r.percentile(50)),
                 _fmt_ms(r.percentile(99)),
                 speedup,
@@ -637,13 +716,15 @@ async def run_demo(options: DemoOptions, out: TextIO, err: TextIO) -> int:
     """
     if options.url is None:
         data = make_payload(options.size, options.seed)
-        async with RangeHTTPServer(latency=options.latency) as srv:
-            srv.add(_OBJECT_NAME, data)
-            target = _Target(srv.url(_OBJECT_NAME), len(data), len(data), data, srv)
+        # Starting the server blocks until it has loaded the file.
+        with serve_payloads({_OBJECT_NAME: data}, latency=options.latency) as served:
+            url = served.url(_OBJECT_NAME)
+            target = _Target(url, len(data), len(data), data, served)
             out.write(
                 f"aiomemmap demo: {_fmt_bytes(target.size)} generated (seed "
-                f"{options.seed}), served at {target.url} with "
-                f"{options.latency * 1000:g} ms simulated latency per request\n\n"
+                f"{options.seed}), served at {target.url} by a process of its "
+                f"own with {options.latency * 1000:g} ms simulated latency per "
+                "request\n\n"
             )
             return await _run_all(target, options, out, err)
     size = await _remote_size(options.url)
@@ -655,6 +736,24 @@ async def run_demo(options: DemoOptions, out: TextIO, err: TextIO) -> int:
         f"{_fmt_bytes(target.scan_bytes)}\n\n"
     )
     return await _run_all(target, options, out, err)
+
+
+async def _run_others(
+    target: _Target,
+    workload: str,
+    reads: list[tuple[int, int]],
+    readers: int,
+    display: _Display,
+) -> list[WorkloadResult]:
+    """Run one workload through every fsspec cache type, then aiohttp."""
+    installed, _ = fsspec_cache_types()
+    results = [
+        await _run_fsspec(target, workload, reads, readers, ct, display)
+        for ct in installed
+    ]
+    if target.url.startswith(("http://", "https://")):
+        results.append(await _run_aiohttp(target, workload, reads, readers, display))
+    return results
 
 
 async def _run_all(
@@ -689,23 +788,28 @@ async def _run_all(
                     results.append(r)
                     details.append((r, describe))
                     if options.compare:
-                        results += [
-                            await _run_fsspec(
-                                target, workload, reads, readers, ct, display
-                            )
-                            for ct in _FSSPEC_CACHES
-                        ]
+                        results += await _run_others(
+                            target, workload, reads, readers, display
+                        )
         leaked = mf.statistics().used_bytes
     finally:
         mf.close()
     # The report is written once the live display is gone.
+    fetches = "fetches" if target.served is None else "requests (server-counted)"
     for r, describe in details:
-        _report_ours(r, describe, out)
+        _report_ours(r, describe, fetches, out)
     if options.compare:
+        counted = (
+            "requests and fetched: what the demo's server counted for each row"
+            if target.served is not None
+            else "requests and fetched: aiomemmap's own fetches (no server of ours)"
+        )
+        _, missing = fsspec_cache_types()
+        if missing:
+            counted += f"; not in this fsspec: {', '.join(missing)}"
         out.write(
-            "comparison, same file and same run (fetched and fetches: for fsspec, "
-            "what the local server sent;\nspeedup: the row's time over "
-            "aiomemmap's, above 1 aiomemmap was faster)\n"
+            f"comparison, same file and same run ({counted};\nspeedup: the row's "
+            "time over aiomemmap's, above 1 aiomemmap was faster)\n"
         )
         render_table(results, out)
         out.write("\n")

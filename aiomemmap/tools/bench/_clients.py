@@ -7,9 +7,9 @@ byte asked for has arrived:
 
 * :func:`whole_get`: one aiohttp ``GET`` per file, the body streamed and
   dropped: the wire's ceiling for one connection per file.
-* :func:`range_fetch`: a minimal parallel range fetcher: one ``HEAD`` for
-  the size, then ranges of 8 MiB, 8 in flight per file, each response chunk
-  landed with ``os.pwrite`` into a memfd at its offset.
+* :func:`range_fetch`: a minimal parallel range fetcher: one ``HEAD`` per
+  file for its size, then ranges of 8 MiB, 8 in flight in all, each response
+  chunk landed with ``os.pwrite`` into a memfd at its offset.
 * :func:`range_gets`: raw aiohttp range ``GET`` requests by concurrent tasks.
 * :func:`fsspec_scan` and :func:`fsspec_random`: fsspec's HTTP file with one
   cache type, one thread per reader, each with a handle of its own.
@@ -106,10 +106,11 @@ async def whole_get(urls: Sequence[str]) -> int:
 async def range_fetch(urls: Sequence[str]) -> int:
     """Land each of ``urls`` in a memfd of its own with parallel range GETs.
 
-    Per file: a ``HEAD`` for the size, then :data:`RANGE_FETCH_IN_FLIGHT`
-    workers taking the next :data:`RANGE_FETCH_PART` bytes in turn and
-    writing each chunk of the answer with ``os.pwrite`` at its offset. The
-    files are fetched concurrently; the memfds are closed at the end.
+    A ``HEAD`` per file for its size, then :data:`RANGE_FETCH_IN_FLIGHT`
+    workers, for all the files together, each taking the next
+    :data:`RANGE_FETCH_PART` bytes (the files' parts interleaved) and writing
+    each chunk of the answer with ``os.pwrite`` at its offset. The memfds
+    are closed at the end.
 
     Returns:
         The bytes landed.
@@ -118,34 +119,46 @@ async def range_fetch(urls: Sequence[str]) -> int:
         RuntimeError: A range came back short.
     """
 
-    async def one(session: aiohttp.ClientSession, url: str) -> int:
+    async def size_of(session: aiohttp.ClientSession, url: str) -> int:
         async with session.head(url) as resp:
             resp.raise_for_status()
-            size = int(resp.headers["Content-Length"])
-        fd = os.memfd_create("range-fetch")
-        try:
-            os.ftruncate(fd, size)
-            starts = iter(range(0, size, RANGE_FETCH_PART))
+            return int(resp.headers["Content-Length"])
 
-            async def worker() -> None:
-                for start in starts:
-                    end = min(start + RANGE_FETCH_PART, size)
-                    pos = start
-                    headers = {"Range": f"bytes={start}-{end - 1}"}
-                    async with session.get(url, headers=headers) as resp:
-                        resp.raise_for_status()
-                        async for chunk in resp.content.iter_any():
-                            pos += os.pwrite(fd, chunk, pos)
-                    if pos != end:
-                        raise _short(f"range {start}-{end}", pos - start, end - start)
-
-            await asyncio.gather(*(worker() for _ in range(RANGE_FETCH_IN_FLIGHT)))
-            return size
-        finally:
-            os.close(fd)
+    async def land(
+        session: aiohttp.ClientSession, url: str, fd: int, start: int, end: int
+    ) -> None:
+        pos = start
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        async with session.get(url, headers=headers) as resp:
+            resp.raise_for_status()
+            async for chunk in resp.content.iter_any():
+                pos += os.pwrite(fd, chunk, pos)
+        if pos != end:
+            raise _short(f"range {start}-{end} of {url}", pos - start, end - start)
 
     async with aiohttp.ClientSession() as session:
-        return sum(await asyncio.gather(*(one(session, u) for u in urls)))
+        sizes = await asyncio.gather(*(size_of(session, u) for u in urls))
+        fds: list[int] = []
+        try:
+            for size in sizes:
+                fds.append(os.memfd_create("range-fetch"))
+                os.ftruncate(fds[-1], size)
+            parts = iter(
+                (i, start, min(start + RANGE_FETCH_PART, size))
+                for start in range(0, max(sizes, default=0), RANGE_FETCH_PART)
+                for i, size in enumerate(sizes)
+                if start < size
+            )
+
+            async def worker() -> None:
+                for i, start, end in parts:
+                    await land(session, urls[i], fds[i], start, end)
+
+            await asyncio.gather(*(worker() for _ in range(RANGE_FETCH_IN_FLIGHT)))
+        finally:
+            for fd in fds:
+                os.close(fd)
+    return sum(sizes)
 
 
 async def range_gets(url: str, shares: Sequence[Sequence[int]], length: int) -> int:

@@ -284,9 +284,9 @@ def _scan_rows(
             f"{prefix}m",
             base=runs[_FETCH],
             base_name=(
-                f"minimal fetcher{per_file}, {clients.RANGE_FETCH_IN_FLIGHT} x "
-                f"{clients.RANGE_FETCH_PART // _MIB} MiB ranges in flight, pwrite "
-                "into a memfd"
+                f"minimal fetcher{per_file}, {clients.RANGE_FETCH_IN_FLIGHT} "
+                f"ranges of {clients.RANGE_FETCH_PART // _MIB} MiB in flight, "
+                "pwrite into memfds"
             ),
             at_least=1.0,
         ),
