@@ -10,6 +10,28 @@ with the requests and body bytes the server counted in that run. The
 baselines are aiohttp (whole GETs, raw range GETs), a minimal parallel range
 fetcher, every fsspec cache type and obstore's ``HTTPStore``.
 
+Ours opens each file with ``open_backing(url)`` and a fresh
+:class:`~aiomemmap.CachedFile` over a fresh memory file, and reads with
+:meth:`~aiomemmap.CachedFile.readinto` into a reused buffer (1 MiB for the
+scans, a page for the random reads). The rows, with their targets:
+
+* P3: one file of :data:`SCAN_BYTES`, scanned in 1 MiB reads. P3 against one
+  whole-file GET (>= 0.8x), P3b against fsspec's best cache type (>= 2x),
+  P3m against the minimal range fetcher (>= 1x); P3o (obstore, streaming
+  the object whole, its own best way to scan) and P3f (each fsspec cache
+  type) for information.
+* P3c: four files of a quarter of that, scanned at once by four readers:
+  P3c, P3cb, P3cm, P3co and P3cf as for P3, against four concurrent GETs,
+  fsspec with four threads, the fetcher over the four files and obstore
+  streaming the four objects.
+* P4: :data:`RANDOM_READS` page reads at seeded page offsets of a file of
+  :data:`RANDOM_FILE_BYTES`, by :data:`READERS` concurrent readers. P4
+  against the faster of raw aiohttp range GETs and obstore's
+  ``get_range_async`` (>= 0.9x), P4b against fsspec's best (>= 1.2x, 16
+  threads with a handle each, fsspec's block size the read size), P4c the
+  bytes the server sent for ours over the bytes read (<= 4x); P4r, P4o and
+  P4f for information.
+
 P6 and P7 count what our side does, against an in-process
 :class:`~aiomemmap.tools.http_server.RangeHTTPServer`.
 """
@@ -25,7 +47,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, final
+from typing import Final, final
 
 from aiomemmap._core.access import AccessType
 from aiomemmap._core.pages import PAGE_SIZE
@@ -139,22 +161,14 @@ def _threaded(fn: Callable[[], int]) -> Client:
 
 
 async def _scan_file(cf: CachedFile, size: int) -> int:
-    """Read ``cf`` from start to ``size``, :data:`SCAN_READ` bytes at a time."""
-    readinto: Any = getattr(cf, "readinto", None)
+    """Read ``cf`` to ``size`` into one reused buffer of :data:`SCAN_READ` bytes."""
+    buf = bytearray(SCAN_READ)
     off = 0
-    if readinto is not None:
-        buf = bytearray(SCAN_READ)
-        while off < size:
-            n = await readinto(off, buf)
-            if not n:
-                break
-            off += n
-    else:
-        while off < size:
-            chunk = await cf.read(off, SCAN_READ)
-            if not chunk:
-                break
-            off += len(chunk)
+    while off < size:
+        n = await cf.readinto(off, buf)
+        if not n:
+            break
+        off += n
     return off
 
 
@@ -180,16 +194,12 @@ async def _ours_random(url: str, shares: Sequence[Sequence[int]]) -> int:
     with MemoryFile("bench-random") as mf:
         backing = open_backing(url)
         cf = CachedFile(backing, mf)
-        readinto: Any = getattr(cf, "readinto", None)
 
         async def reader(share: Sequence[int]) -> int:
             n = 0
             buf = bytearray(PAGE_SIZE)
             for off in share:
-                if readinto is not None:
-                    n += await readinto(off, buf)
-                else:
-                    n += len(await cf.read(off, PAGE_SIZE))
+                n += await cf.readinto(off, buf)
             return n
 
         try:
