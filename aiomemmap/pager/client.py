@@ -1,0 +1,390 @@
+"""The client side of real memory: ``map_file`` and ``Region``.
+
+:func:`map_file` connects to a :class:`~aiomemmap.pager.server.Pager`, asks
+for a file, maps the memfd it receives (``MAP_SHARED``, read-only), registers
+the mapping with a userfaultfd of this process for missing-page faults and
+hands that descriptor to the pager, which from then on serves every first
+touch of a page. The result is a :class:`Region`: an ``mmap`` of the whole
+file, usable wherever a buffer is.
+
+This module uses only the standard library and the core, so that a client
+process starts without the engine's dependencies.
+
+The rule of the GIL: a fault blocks the touching thread until the pager
+serves it. If the pager runs in this very process, a touch that holds the
+GIL (a ``memoryview`` slice, ``bytes(region[a:b])``) stops every other
+thread of the process, the pager's included, and never returns; and a touch
+from the pager's own event-loop thread can never be served. So with an
+in-process pager, touch a region only through accessors that release the
+GIL (:meth:`Region.read`, :meth:`Region.readinto`, numpy's bulk operations)
+and never from the pager's loop thread: the checked reads refuse to
+(:class:`~aiomemmap.WrongLoopError`). A pager in another process has no such
+limits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import faulthandler
+import mmap
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Final
+
+from aiomemmap._core.errors import BusError, ClosedError, WrongLoopError
+from aiomemmap._core.fdpass import (
+    close_fds,
+    peer_credentials,
+    recv_message,
+    send_message,
+)
+from aiomemmap._core.uffd import (
+    FEATURE_POISON,
+    FEATURE_THREAD_ID,
+    Userfaultfd,
+    buffer_address,
+)
+from aiomemmap.pager.protocol import (
+    MAX_REQUEST_BYTES,
+    PROTOCOL_VERSION,
+    MapReply,
+    ProtocolError,
+    decode_map_reply,
+    decode_status,
+    encode,
+)
+
+__all__ = ["Region", "map_file"]
+
+DEFAULT_CONNECT_TIMEOUT: Final = 30.0
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = (("base", ctypes.c_void_p), ("len", ctypes.c_size_t))
+
+
+_libc: Final = ctypes.CDLL(None, use_errno=True)
+_process_vm_readv: Final = _libc.process_vm_readv
+_process_vm_readv.restype = ctypes.c_ssize_t
+_process_vm_readv.argtypes = (
+    ctypes.c_int,
+    ctypes.POINTER(_IoVec),
+    ctypes.c_ulong,
+    ctypes.POINTER(_IoVec),
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+)
+
+
+def _checked_copy(src: int, dst: int, n: int) -> int:
+    """Copy ``n`` bytes of this process from ``src`` to ``dst`` in the kernel.
+
+    The kernel serves missing pages through the pager as any access does
+    (with the GIL released meanwhile) and reports a poisoned page as
+    ``EFAULT`` instead of ``SIGBUS``.
+
+    Returns:
+        ``n``.
+
+    Raises:
+        BusError: A page could not be read (``bytes_done`` bytes were).
+    """
+    done, pid = 0, os.getpid()
+    while done < n:
+        local = _IoVec(dst + done, n - done)
+        remote = _IoVec(src + done, n - done)
+        got = _process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+        if got <= 0:
+            err = ctypes.get_errno() if got < 0 else errno.EIO
+            exc = BusError(
+                OSError(
+                    err,
+                    f"the page at {src + done:#x} cannot be read: {os.strerror(err)}",
+                )
+            )
+            exc.bytes_done = done
+            raise exc
+        done += got
+    return n
+
+
+class Region(mmap.mmap):
+    """A file mapped as real memory of this process, its pages served lazily.
+
+    An ``mmap`` (read-only) of the whole file: ``len(region)`` is the file's
+    size, and ``memoryview(region)``, ``numpy.frombuffer(region, ...)``,
+    ``region[a:b]`` all read the file's bytes, each first touch of a page
+    being a fault the pager serves. A page the pager cannot read is
+    poisoned: a raw access then kills the process with ``SIGBUS`` (with a
+    ``faulthandler`` traceback), while :meth:`read` and :meth:`readinto`
+    raise :class:`~aiomemmap.BusError`.
+
+    Create one with :func:`map_file`. Close it (or use it as a context
+    manager) to unmap it and let the pager free what it holds for it;
+    closing fails with ``BufferError`` while buffers exported from it
+    (memoryviews, numpy arrays) are alive.
+
+    Concurrency:
+        Thread-safe for reads; :meth:`close` must not race other calls.
+    """
+
+    _address: int
+    _conn: socket.socket | None
+    _uffd: Userfaultfd | None
+    _size: int
+    _length: int
+    _pager_pid: int
+    _pager_thread: int
+    _url: str
+
+    def __new__(cls, *args: object, **kwargs: object) -> Region:
+        """Refuse: regions come from :func:`map_file`."""
+        raise TypeError("Region cannot be created directly: use aiomemmap.map_file()")
+
+    @classmethod
+    def _create(cls, memfd: int, reply: MapReply, url: str) -> Region:
+        region = mmap.mmap.__new__(
+            cls, memfd, reply.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ
+        )
+        with buffer_address(region) as (address, _):
+            region._address = address
+        region._size = reply.size
+        region._length = reply.length
+        region._pager_pid = reply.pid
+        region._pager_thread = reply.thread
+        region._url = url
+        region._conn = None
+        region._uffd = None
+        return region
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"at {self._address:#x}"
+        return f"<Region {self._url!r} size={self._size} {state}>"
+
+    @property
+    def address(self) -> int:
+        """The address of the first byte in this process."""
+        return self._address
+
+    @property
+    def size(self) -> int:  # type: ignore[override]
+        """The file's size in bytes (the region's length)."""
+        return self._size
+
+    @property
+    def url(self) -> str:
+        """The URL or path the region maps."""
+        return self._url
+
+    def _check_read(self, name: str, offset: int, n: int) -> int:
+        if type(offset) is not int or type(n) is not int:
+            raise TypeError(
+                f"Region.{name}: offset and size must be ints, got {offset!r}, {n!r}"
+            )
+        if offset < 0 or n < 0:
+            raise ValueError(
+                f"Region.{name}: offset {offset} and size {n} must not be negative"
+            )
+        if self.closed:
+            raise ClosedError(f"Region.{name}: {self!r} is closed")
+        if (
+            os.getpid() == self._pager_pid
+            and threading.get_ident() == self._pager_thread
+        ):
+            raise WrongLoopError(
+                f"Region.{name}: called on the thread of the pager's own event "
+                "loop, which must serve this read's faults: it would never return"
+            )
+        return max(0, min(n, self._size - offset))
+
+    def read(self, offset: int = -1, n: int = -1) -> bytes:  # type: ignore[override]
+        """Read up to ``n`` bytes at ``offset``, checked.
+
+        Missing pages are served by the pager; the GIL is released while the
+        kernel copies.
+
+        Args:
+            offset: Where to start (``0 <= offset``).
+            n: How many bytes at most; fewer at the end of the file.
+
+        Returns:
+            The bytes (empty at or past the end).
+
+        Raises:
+            TypeError, ValueError: Bad arguments (``read()`` without them is
+                refused: this is not a file position read).
+            BusError: A page could not be served (poisoned).
+            ClosedError: The region is closed.
+            WrongLoopError: Called on the pager's loop thread.
+        """
+        if offset == -1 and n == -1:
+            raise TypeError("Region.read(offset, n) needs an offset and a size")
+        count = self._check_read("read", offset, n)
+        out = bytearray(count)
+        if count:
+            with buffer_address(out, writable=True) as (dst, _):
+                _checked_copy(self._address + offset, dst, count)
+        return bytes(out)
+
+    def readinto(self, offset: int, buf: object) -> int:
+        """Read into the writable buffer ``buf`` from ``offset``, checked.
+
+        Returns:
+            The bytes read: ``len(buf)``, fewer at the end of the file.
+
+        Raises:
+            TypeError: ``buf`` is no writable buffer.
+            As :meth:`read` otherwise.
+        """
+        with buffer_address(buf, writable=True) as (dst, length):
+            count = self._check_read("readinto", offset, length)
+            if count:
+                _checked_copy(self._address + offset, dst, count)
+        return count
+
+    def close(self) -> None:
+        """Unmap the region and end its service; later calls do nothing.
+
+        Raises:
+            BufferError: Buffers exported from the region are still alive
+                (nothing is closed then).
+        """
+        if not self.closed:
+            super().close()
+        conn, self._conn = self._conn, None
+        uffd, self._uffd = self._uffd, None
+        if uffd is not None:
+            uffd.close()
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> Region:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _socket_path(engine: object) -> str:
+    if (
+        not isinstance(engine, str)
+        or not engine.startswith("unix:")
+        or len(engine) <= 5
+    ):
+        raise TypeError(
+            "map_file: engine must be 'unix:PATH', the socket of a running "
+            f"Pager, got {engine!r}"
+        )
+    return engine[5:]
+
+
+def _send(conn: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
+    """Send a message; if the pager has already refused and closed, raise its error."""
+    try:
+        send_message(conn, data, fds)
+    except (BrokenPipeError, ConnectionResetError):
+        msg = recv_message(conn, max_bytes=MAX_REQUEST_BYTES, max_fds=0)
+        decode_status(msg.data, "pager reply")
+        raise
+
+
+def map_file(
+    url_or_path: str,
+    /,
+    *,
+    engine: str,
+    timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    **storage_options: str | int | float | bool | None,
+) -> Region:
+    """Map a whole file into this process as real memory served by a pager.
+
+    Nothing is fetched up front: each first touch of a page is a fault the
+    pager serves through its engine's cache of the file (fetching what is
+    not cached), installing a fault-around chunk at a time.
+
+    Args:
+        url_or_path: What the pager's engine should open (a URL, or a path
+            on the pager's host).
+        engine: ``"unix:PATH"``, the socket of a running
+            :class:`~aiomemmap.pager.server.Pager`.
+        timeout: Seconds allowed for the handshake.
+        **storage_options: The backing's options (JSON scalars only).
+
+    Returns:
+        The region; close it when done.
+
+    Raises:
+        TypeError: Bad ``engine`` or options.
+        FileNotFoundError, PermissionError, OSError: The pager could not open
+            the file, or refused this process.
+        ValueError: The file is empty, or the pager broke the protocol
+            (:class:`~aiomemmap.pager.protocol.ProtocolError`).
+        TimeoutError: The handshake took longer than ``timeout``.
+    """
+    path = _socket_path(engine)
+    if not isinstance(url_or_path, str):
+        raise TypeError(f"map_file: url_or_path must be a str, got {url_or_path!r}")
+    if not faulthandler.is_enabled():
+        # A poisoned page kills the process: say where.
+        faulthandler.enable()
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    region: Region | None = None
+    try:
+        conn.settimeout(timeout)
+        conn.connect(path)
+        creds = peer_credentials(conn)
+        if creds.uid not in (os.getuid(), 0):
+            raise PermissionError(
+                f"map_file: the pager at {path!r} runs as uid {creds.uid}, "
+                "neither this process's nor root's"
+            )
+        request = {
+            "op": "map",
+            "version": PROTOCOL_VERSION,
+            "url": url_or_path,
+            "options": storage_options,
+        }
+        try:
+            payload = encode(request)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ProtocolError):
+                raise
+            raise TypeError(
+                f"map_file: storage options must be JSON scalars: {exc}"
+            ) from None
+        _send(conn, payload)
+        msg = recv_message(conn, max_bytes=MAX_REQUEST_BYTES, max_fds=1)
+        try:
+            decode_status(msg.data, "map reply")
+            if len(msg.fds) != 1:
+                raise ProtocolError(
+                    f"map reply: expected one descriptor, got {len(msg.fds)}"
+                )
+            reply = decode_map_reply(msg.data)
+            region = Region._create(msg.fds[0], reply, url_or_path)
+        finally:
+            close_fds(msg.fds)
+        uffd = Userfaultfd.create(optional_features=FEATURE_THREAD_ID | FEATURE_POISON)
+        region._uffd = uffd
+        ioctls = uffd.register(region.address, reply.length)
+        register = {
+            "op": "register",
+            "start": region.address,
+            "length": reply.length,
+            "features": uffd.features,
+            "ioctls": ioctls,
+        }
+        _send(conn, encode(register), [uffd.fileno()])
+        msg = recv_message(conn, max_bytes=MAX_REQUEST_BYTES, max_fds=0)
+        decode_status(msg.data, "register reply")
+        conn.settimeout(None)
+        region._conn = conn
+        return region
+    except BaseException:
+        if region is not None:
+            region.close()
+        conn.close()
+        raise

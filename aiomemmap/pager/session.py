@@ -1,0 +1,337 @@
+"""Session: the fault service of one client's region.
+
+A session owns the userfaultfd a client sent, and serves the faults of the
+client's region: the client mapped its file's :class:`~aiomemmap.pager.
+file_pages.FilePages` memfd at ``start``, all ``length`` bytes, shared, and
+registered it for missing-page faults. A fault at ``start + offset`` is
+answered by reading the fault-around chunk at ``offset`` through the cached
+file and installing it whole with ``UFFDIO_COPY``, following the rules in
+the package documentation. Nothing here ever waits for the client.
+
+The session ends (:attr:`Session.finished`) when the client is gone
+(``ESRCH``), unmapped its region (``ENOENT``), or broke the rules (a fault
+outside the range it declared); the pager then closes the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Final, final
+
+from aiomemmap._core.errors import BusError
+from aiomemmap._core.pages import PAGE_SIZE
+from aiomemmap._core.uffd import (
+    ForkEvent,
+    PageFault,
+    UffdError,
+    UffdExists,
+    UffdProcessGone,
+    UffdRangeGone,
+    UffdRetry,
+    Userfaultfd,
+    buffer_address,
+)
+from aiomemmap.mappables.cached_file import CachedFile
+from aiomemmap.pager.fault_around import FaultAround
+from aiomemmap.pager.file_pages import FilePages
+
+__all__ = ["Session", "SessionCounters"]
+
+RETRY_DELAY: Final = 0.0002
+"""First wait before retrying a copy refused with ``EAGAIN`` (seconds)."""
+_MAX_RETRY_DELAY: Final = 0.01
+_BATCH: Final = 64
+
+
+@dataclass(slots=True)
+class SessionCounters:
+    """Counters of fault service, kept per session and added up by the pager.
+
+    Attributes:
+        faults: Fault messages read.
+        coalesced: Faults on a page of a chunk already being installed
+            (woken by that chunk's copy).
+        chunks: Fault-around chunks installed.
+        bytes_installed: Bytes copied into the client's region.
+        duplicates: Pages found already present (``EEXIST``), then woken.
+        retries: Copies retried after ``EAGAIN``.
+        poisoned: Pages poisoned because their bytes could not be read.
+    """
+
+    faults: int = 0
+    coalesced: int = 0
+    chunks: int = 0
+    bytes_installed: int = 0
+    duplicates: int = 0
+    retries: int = 0
+    poisoned: int = 0
+
+    def add(self, other: SessionCounters) -> None:
+        """Add ``other``'s counts to these."""
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass(slots=True)
+class _Chunk:
+    end: int
+    waiting: set[int] = field(default_factory=set)
+
+
+@final
+class Session:
+    """The fault service of one registered region.
+
+    Args:
+        uffd: The client's userfaultfd; the session closes it.
+        start: Where the client mapped the memfd (page-aligned).
+        pages: The memfd the client mapped (its length is the region's).
+        cached_file: Where the bytes come from.
+        policy: The fault-around policy of this region.
+        client_pid: The client's pid (for messages).
+
+    Concurrency:
+        Task-compatible: runs on the pager's loop only.
+    """
+
+    __slots__ = (
+        "_cached_file",
+        "_closed",
+        "_in_flight",
+        "_loop",
+        "_pages",
+        "_policy",
+        "_tasks",
+        "_uffd",
+        "client_pid",
+        "counters",
+        "finished",
+        "length",
+        "poisoned",
+        "reason",
+        "start",
+    )
+
+    def __init__(
+        self,
+        *,
+        uffd: Userfaultfd,
+        start: int,
+        pages: FilePages,
+        cached_file: CachedFile,
+        policy: FaultAround,
+        client_pid: int,
+    ) -> None:
+        self._uffd = uffd
+        self.start = start
+        self.length = pages.length
+        self._pages = pages
+        self._cached_file = cached_file
+        self._policy = policy
+        self.client_pid = client_pid
+        self.counters = SessionCounters()
+        self.poisoned: set[int] = set()
+        """Offsets of the pages poisoned (and not replaced since)."""
+        self.finished = asyncio.Event()
+        """Set when the session can serve no more (see :attr:`reason`)."""
+        self.reason = ""
+        self._in_flight: dict[int, _Chunk] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Session pid={self.client_pid} [{self.start:#x}, "
+            f"{self.start + self.length:#x}) in_flight={len(self._in_flight)}>"
+        )
+
+    def start_serving(self) -> None:
+        """Start reading the descriptor on the running loop.
+
+        Raises:
+            RuntimeError: No loop is running.
+        """
+        self._loop = asyncio.get_running_loop()
+        self._uffd.set_blocking(False)
+        self._loop.add_reader(self._uffd.fileno(), self._on_readable)
+        # Faults that came before the reader was added.
+        self._on_readable()
+
+    async def aclose(self) -> None:
+        """Stop serving, cancel the chunks in flight and close the descriptor.
+
+        Cancellation:
+            Shielded by the caller (the pager's connection cleanup).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._end("closed")
+        if self._loop is not None and not self._uffd.closed:
+            self._loop.remove_reader(self._uffd.fileno())
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._uffd.close()
+
+    def _end(self, reason: str) -> None:
+        if not self.finished.is_set():
+            self.reason = reason
+            self.finished.set()
+
+    # ------------------------------------------------------------------
+    # Reading the batch
+
+    def _on_readable(self) -> None:
+        if self._closed or self.finished.is_set():
+            return
+        batch: list[PageFault] = []
+        try:
+            while True:
+                events = self._uffd.read_events(_BATCH)
+                for event in events:
+                    if isinstance(event, PageFault):
+                        batch.append(event)
+                    elif isinstance(event, ForkEvent):
+                        os.close(event.fd)
+                    # No other events were asked for: file content is the
+                    # right answer whatever the client did meanwhile.
+                if len(events) < _BATCH:
+                    break
+        except OSError as exc:
+            self._end(f"reading the userfaultfd failed: {exc}")
+            return
+        self.counters.faults += len(batch)
+        for fault in batch:
+            self._serve(fault)
+
+    def _serve(self, fault: PageFault) -> None:
+        offset = fault.address - self.start
+        if not 0 <= offset < self.length:
+            self._end(
+                f"fault at {fault.address:#x}, outside the registered region "
+                f"[{self.start:#x}, {self.start + self.length:#x})"
+            )
+            return
+        page = offset - offset % PAGE_SIZE
+        for chunk_start, chunk in self._in_flight.items():
+            if chunk_start <= page < chunk.end:
+                chunk.waiting.add(page)
+                self.counters.coalesced += 1
+                return
+        start, end = self._policy.chunk(page)
+        chunk = _Chunk(end, {page})
+        self._in_flight[start] = chunk
+        task = asyncio.get_running_loop().create_task(self._resolve(start, chunk))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------
+    # Resolving
+
+    async def _resolve(self, start: int, chunk: _Chunk) -> None:
+        try:
+            want = min(chunk.end, self._pages.size) - start
+            try:
+                data = await self._cached_file.read(start, want)
+                if len(data) != want:
+                    raise BusError(
+                        EOFError(
+                            f"read {len(data)} of {want} bytes at {start}: "
+                            "the file is shorter than when it was mapped"
+                        )
+                    )
+            except Exception as exc:  # Any failure to read: never zeros.
+                for page in sorted(chunk.waiting):
+                    if not await self._poison(page, exc):
+                        return
+                return
+            if len(data) < chunk.end - start:
+                data += bytes(chunk.end - start - len(data))
+            if await self._install(start, data):
+                self.counters.chunks += 1
+        finally:
+            if self._in_flight.get(start) is chunk:
+                del self._in_flight[start]
+
+    async def _install(self, start: int, data: bytes) -> bool:
+        """Copy ``data`` to the region at ``start``; False if the session ended."""
+        done, total, delay = 0, len(data), RETRY_DELAY
+        with buffer_address(data) as (src, _):
+            while done < total:
+                dst = self.start + start + done
+                try:
+                    self._uffd.copy(dst, src + done, total - done)
+                    self.counters.bytes_installed += total - done
+                    done = total
+                except UffdRetry as exc:
+                    if exc.bytes_done > 0:
+                        self.counters.bytes_installed += exc.bytes_done
+                        done += exc.bytes_done
+                        continue
+                    self.counters.retries += 1
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _MAX_RETRY_DELAY)
+                except UffdExists:
+                    self.counters.duplicates += 1
+                    if not self._wake(dst):
+                        return False
+                    done += PAGE_SIZE
+                except UffdError as exc:
+                    self._fail(exc)
+                    return False
+        for page in range(start, start + total, PAGE_SIZE):
+            self.poisoned.discard(page)
+        return True
+
+    async def _poison(self, page: int, cause: BaseException) -> bool:
+        """Poison one page whose bytes could not be read; False if the session ended."""
+        delay = RETRY_DELAY
+        while True:
+            try:
+                self._uffd.poison(self.start + page, PAGE_SIZE)
+            except UffdRetry:
+                self.counters.retries += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_RETRY_DELAY)
+                continue
+            except UffdExists:
+                # Installed meanwhile (another client's fault): it is whole.
+                self.counters.duplicates += 1
+                return self._wake(self.start + page)
+            except (UffdProcessGone, UffdRangeGone) as exc:
+                self._fail(exc)
+                return False
+            except UffdError as exc:
+                # No poison on this kernel: the blocked access must still
+                # not read zeros nor wait forever.
+                self._end(f"cannot poison ({exc}); the client was sent SIGBUS")
+                with contextlib.suppress(OSError):
+                    os.kill(self.client_pid, signal.SIGBUS)
+                return False
+            self.counters.poisoned += 1
+            self.poisoned.add(page)
+            return True
+
+    def _wake(self, address: int) -> bool:
+        try:
+            self._uffd.wake(address, PAGE_SIZE)
+        except UffdError as exc:
+            self._fail(exc)
+            return False
+        return True
+
+    def _fail(self, exc: UffdError) -> None:
+        if isinstance(exc, UffdProcessGone):
+            self._end("the client exited")
+        elif isinstance(exc, UffdRangeGone):
+            self._end("the client unmapped its region")
+        else:
+            self._end(f"userfaultfd refused: {exc}")
