@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Final
 
 import aiohttp
+import multidict
 import yarl
 
 from aiomemmap._core.errors import ClosedError, StaleVersionError
@@ -25,6 +26,7 @@ from aiomemmap.backings.base import (
     check_timeout,
     writable_byte_view,
 )
+from aiomemmap.backings.http_wire import WireAnswer, WirePool, WireUnsupported
 
 __all__ = ["HttpBacking"]
 
@@ -55,6 +57,12 @@ def _opaque(etag: str) -> str:
     return etag[2:] if etag.startswith("W/") else etag
 
 
+class _Headers(typing.Protocol):
+    """An answer's header fields, looked up by name in any case."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+
 @typing.final
 class _Pin:
     """One version of the object, as its answers describe it.
@@ -75,11 +83,10 @@ class _Pin:
         self.size = size
 
     @classmethod
-    def of(cls, resp: aiohttp.ClientResponse, size: int | None) -> _Pin:
+    def of(cls, headers: _Headers, size: int | None) -> _Pin:
+        """The version an answer with ``headers`` (and ``size``) describes."""
         return cls(
-            resp.headers.get("ETag") or None,
-            resp.headers.get("Last-Modified") or None,
-            size,
+            headers.get("ETag") or None, headers.get("Last-Modified") or None, size
         )
 
     @property
@@ -153,9 +160,15 @@ class HttpBacking:
     """A read-only backing on one HTTP(S) URL, spoken to with aiohttp directly.
 
     Each :meth:`read_into` is one ``GET`` with a ``Range`` header whose body
-    is copied into the caller's buffer chunk by chunk as it arrives. There is
-    no per-request work beyond what aiohttp itself does: no listing cache, no
-    whole-body ``bytes`` object, no thread hop.
+    is copied into the caller's buffer piece by piece as it arrives: no
+    listing cache, no whole-body ``bytes`` object, no thread hop. For an
+    ``http`` URL (and an owned session) the ranged ``GET``s go over a lean
+    pool of keep-alive HTTP/1.1 connections
+    (:mod:`~aiomemmap.backings.http_wire`), which costs about half the CPU
+    per request of aiohttp's client; an answer it does not handle (a
+    redirect, a body in a transfer coding) makes the backing use aiohttp
+    for its reads from then on. ``HEAD`` requests, ``https`` and a caller's
+    session always use aiohttp.
 
     :meth:`version` sends a ``HEAD``, and so does :meth:`size`, except
     right after :meth:`version`, whose answer it reuses (so learning both
@@ -288,6 +301,8 @@ class HttpBacking:
         # The size the latest version() learnt, for the size() that follows
         # it (one request to learn both); any later size() asks again.
         self._answered_size: int | None = None
+        self._wire: WirePool | None = None
+        self._wire_refused = False
 
     def __repr__(self) -> str:
         return f"HttpBacking({self.url!r}, closed={self._closed})"
@@ -330,13 +345,38 @@ class HttpBacking:
             message=f"{what} {self.url}: {resp.reason or ''}".rstrip(": "),
             headers=resp.headers,
         )
-        if resp.status in _NOT_FOUND_STATUSES:
+        return self._status_error(resp.status, cause)
+
+    def _wire_error(
+        self, answer: WireAnswer, sent: Mapping[str, str], what: str
+    ) -> Exception:
+        """Return the exception for an error status of a wire answer."""
+        request_info = aiohttp.RequestInfo(
+            self._target,
+            "GET",
+            multidict.CIMultiDictProxy(multidict.CIMultiDict(sent)),
+            self._target,
+        )
+        cause = aiohttp.ClientResponseError(
+            request_info,
+            (),
+            status=answer.status,
+            message=f"{what} {self.url}: {answer.reason}".rstrip(": "),
+            headers=multidict.CIMultiDictProxy(multidict.CIMultiDict(answer.headers)),
+        )
+        return self._status_error(answer.status, cause)
+
+    def _status_error(
+        self, status: int, cause: aiohttp.ClientResponseError
+    ) -> Exception:
+        """Return the exception for HTTP ``status``, chained to ``cause``."""
+        if status in _NOT_FOUND_STATUSES:
             exc: Exception = FileNotFoundError(
-                errno.ENOENT, f"HTTP {resp.status} for {self.url!r}", self.url
+                errno.ENOENT, f"HTTP {status} for {self.url!r}", self.url
             )
-        elif resp.status in _FORBIDDEN_STATUSES:
+        elif status in _FORBIDDEN_STATUSES:
             exc = PermissionError(
-                errno.EACCES, f"HTTP {resp.status} for {self.url!r}", self.url
+                errno.EACCES, f"HTTP {status} for {self.url!r}", self.url
             )
         else:
             return cause
@@ -372,7 +412,7 @@ class HttpBacking:
                 if resp.status < 300:
                     length = resp.content_length
                     if length is not None and length >= 0:
-                        return length, _Pin.of(resp, length)
+                        return length, _Pin.of(resp.headers, length)
                 elif resp.status not in _HEAD_REFUSED_STATUSES:
                     raise self._error(resp, "HEAD")
             return await self._probe_with_get(session)
@@ -403,7 +443,7 @@ class HttpBacking:
                 raise OSError(
                     errno.EIO, f"{self!r}: the server reports no size ({exc})"
                 ) from exc
-            pin = _Pin.of(resp, size)
+            pin = _Pin.of(resp.headers, size)
             # Drop the body (one byte, or all of it if Range was ignored).
             resp.close()
             return size, pin
@@ -548,7 +588,12 @@ class HttpBacking:
     async def _get(
         self, offset: int, want: int, land: Callable[[bytes | memoryview, int], None]
     ) -> int:
-        """Send one ranged ``GET`` and hand its body to ``land`` piece by piece."""
+        """Send one ranged ``GET`` and hand its body to ``land`` piece by piece.
+
+        ``land(piece, done)`` receives each piece of the body with the count
+        of bytes landed before it; nothing is landed before the answer has
+        been checked against the pinned version.
+        """
         session = self._session_here()
         if want == 0:
             return 0
@@ -559,12 +604,130 @@ class HttpBacking:
             "Range": f"bytes={offset}-{offset + want - 1}",
         }
         try:
+            wire = self._wire_here()
+            if wire is not None:
+                try:
+                    return await self._get_on_wire(
+                        wire, headers, pin, offset, want, land
+                    )
+                except WireUnsupported:
+                    # A redirect or a coded body: the general client follows
+                    # and decodes them, for this object from now on.
+                    self._wire_refused = True
             async with session.get(
                 self._target, headers=headers, timeout=self._client_timeout
             ) as resp:
                 return await self._receive(resp, pin, offset, want, land)
         except TimeoutError as exc:
             raise self._timed_out(f"GET at {offset}", exc) from exc
+
+    def _wire_here(self) -> WirePool | None:
+        """The wire pool for ranged reads, created once; ``None`` if unused.
+
+        Used for ``http`` URLs with an owned session; unused with a caller's
+        session (whose settings then apply to every request), for ``https``
+        (aiohttp's TLS handling applies) and once an answer needed the
+        general client.
+        """
+        if not self._owns_session or self._wire_refused:
+            return None
+        wire = self._wire
+        if wire is None:
+            target = self._target
+            host, port = target.raw_host, target.port
+            if target.scheme != "http" or host is None or port is None:
+                self._wire_refused = True
+                return None
+            wire = WirePool(
+                host, port, None, limit=self._connections, timeout=self._timeout
+            )
+            self._wire = wire
+        return wire
+
+    async def _get_on_wire(
+        self,
+        wire: WirePool,
+        headers: dict[str, str],
+        pin: _Pin | None,
+        offset: int,
+        want: int,
+        land: Callable[[bytes | memoryview, int], None],
+    ) -> int:
+        def check(answer: WireAnswer) -> int:
+            if answer.status >= 300 and answer.status not in (412, 416):
+                raise self._wire_error(answer, headers, "GET")
+            return self._judge(
+                answer.status, answer, answer.content_length, pin, offset, want
+            )
+
+        _answer, done = await wire.get(self._target.raw_path_qs, headers, check, land)
+        return done
+
+    def _judge(
+        self,
+        status: int,
+        headers: _Headers,
+        content_length: int | None,
+        pin: _Pin | None,
+        offset: int,
+        want: int,
+    ) -> int:
+        """Check the head of an answer to a ranged ``GET`` of ``want`` bytes.
+
+        Returns:
+            How many bytes of the body to land: ``want``, or 0 for a read at
+            or past the end (416).
+
+        Raises:
+            StaleVersionError: A 412, another version, or a 416 before the
+                pinned end.
+            OSError: ``EIO`` for another range than asked, a range answer
+                longer than asked, or a whole object for a read not at
+                offset 0.
+        """
+        if status == 412:
+            raise self._stale(pin, _Pin.of(headers, None), offset, "refused (412)")
+        if status == 416:
+            try:
+                _first, total = _parse_content_range(headers.get("Content-Range"))
+            except ValueError:
+                total = None
+            ref = pin if pin is not None else self._pin
+            if ref is not None and ref.size is not None and offset < ref.size:
+                raise self._stale(ref, _Pin.of(headers, total), offset, "shrank")
+            self._check_version(pin, _Pin.of(headers, total), offset)
+            return 0
+        if status == 206:
+            try:
+                first, total = _parse_content_range(headers.get("Content-Range"))
+            except ValueError as exc:
+                raise OSError(errno.EIO, f"{self!r}: {exc}") from exc
+            if first != offset:
+                raise OSError(
+                    errno.EIO,
+                    f"{self!r}: asked for bytes from {offset}, the server "
+                    f"sent a range from {first}",
+                )
+            if content_length is not None and content_length > want:
+                raise self._sent_more(want, offset)
+        else:
+            total = content_length
+            if offset != 0:
+                if pin is not None and pin.differs(_Pin.of(headers, total)):
+                    raise self._stale(pin, _Pin.of(headers, total), offset, "changed")
+                raise OSError(
+                    errno.EIO,
+                    f"{self!r}: the server ignored the byte range of a read at "
+                    f"{offset} and sent the whole object",
+                )
+        self._check_version(pin, _Pin.of(headers, total), offset)
+        return want
+
+    def _sent_more(self, want: int, offset: int) -> OSError:
+        return OSError(
+            errno.EIO,
+            f"{self!r}: asked for {want} bytes at {offset}, the server sent more",
+        )
 
     async def _receive(
         self,
@@ -574,58 +737,20 @@ class HttpBacking:
         want: int,
         land: Callable[[bytes | memoryview, int], None],
     ) -> int:
-        """Check the answer to a ranged ``GET`` and land its body.
-
-        ``land(piece, done)`` receives each piece of the body with the count
-        of bytes landed before it; nothing is landed before the answer has
-        been checked against the pinned version.
-        """
+        """Check an aiohttp answer to a ranged ``GET`` and land its body."""
         status = resp.status
-        if status == 412:
-            resp.release()
-            raise self._stale(pin, _Pin.of(resp, None), offset, "refused (412)")
-        if status == 416:
-            try:
-                _first, total = _parse_content_range(resp.headers.get("Content-Range"))
-            except ValueError:
-                total = None
-            resp.release()
-            ref = pin if pin is not None else self._pin
-            if ref is not None and ref.size is not None and offset < ref.size:
-                raise self._stale(ref, _Pin.of(resp, total), offset, "shrank")
-            self._check_version(pin, _Pin.of(resp, total), offset)
-            return 0
-        if status != 206 and status != 200:
+        if status != 206 and status != 200 and status != 412 and status != 416:
             raise self._error(resp, "GET")
-        if status == 206:
-            try:
-                first, total = _parse_content_range(resp.headers.get("Content-Range"))
-            except ValueError as exc:
-                resp.close()
-                raise OSError(errno.EIO, f"{self!r}: {exc}") from exc
-            if first != offset:
-                resp.close()
-                raise OSError(
-                    errno.EIO,
-                    f"{self!r}: asked for bytes from {offset}, the server "
-                    f"sent a range from {first}",
-                )
-        else:
-            total = resp.content_length
-            if offset != 0:
-                resp.close()
-                if pin is not None and pin.differs(_Pin.of(resp, total)):
-                    raise self._stale(pin, _Pin.of(resp, total), offset, "changed")
-                raise OSError(
-                    errno.EIO,
-                    f"{self!r}: the server ignored the byte range of a read at "
-                    f"{offset} and sent the whole object",
-                )
         try:
-            self._check_version(pin, _Pin.of(resp, total), offset)
+            want = self._judge(
+                status, resp.headers, resp.content_length, pin, offset, want
+            )
         except BaseException:
             resp.close()
             raise
+        if want == 0:
+            resp.release()
+            return 0
         done = 0
         try:
             content = resp.content
@@ -641,11 +766,7 @@ class HttpBacking:
                 n = len(chunk)
                 if n > want - done:
                     if status == 206:
-                        raise OSError(
-                            errno.EIO,
-                            f"{self!r}: asked for {want} bytes at {offset}, "
-                            "the server sent more",
-                        )
+                        raise self._sent_more(want, offset)
                     n = want - done
                     land(memoryview(chunk)[:n], done)
                 else:
@@ -658,11 +779,7 @@ class HttpBacking:
                 and not content.at_eof()
                 and await content.readany()
             ):
-                raise OSError(
-                    errno.EIO,
-                    f"{self!r}: asked for {want} bytes at {offset}, "
-                    "the server sent more",
-                )
+                raise self._sent_more(want, offset)
         except BaseException:
             resp.close()
             raise
@@ -722,7 +839,7 @@ class HttpBacking:
         raise PermissionError(errno.EACCES, f"{self!r} is read-only")
 
     async def aclose(self) -> None:
-        """Close the owned session, if one was created. Idempotent.
+        """Close the owned session and connections, if any. Idempotent.
 
         A caller-supplied session is left open.
 
@@ -740,5 +857,8 @@ class HttpBacking:
                 )
             self._closed = True
             self._session = None
+            wire, self._wire = self._wire, None
+            if wire is not None:
+                wire.close()
             await session.close()
         self._closed = True
