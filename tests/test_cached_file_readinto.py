@@ -28,6 +28,7 @@ from aiomemmap import (
     open,
     open_async,
 )
+from aiomemmap.faces.landing import VIEW_MIN
 
 P = PAGE_SIZE
 KiB = 1024
@@ -459,3 +460,27 @@ async def test_async_remote_file_readinto_through_an_engine_thread(
             assert await f.readinto(buf) == SIZE
             assert buf[:SIZE] == DATA
             assert await f.readinto(buf) == 0
+
+
+@pytest.mark.parametrize("through", ["sync", "async"])
+async def test_large_face_reads_go_through_held_views(
+    tmp_path: object, through: str
+) -> None:
+    import pathlib
+
+    assert isinstance(tmp_path, pathlib.Path)
+    big = pattern(3 * VIEW_MIN + 5, seed=9)
+    path = tmp_path / "big.bin"
+    path.write_bytes(big)
+    with Engine().start_thread() as et:
+        buf = bytearray(VIEW_MIN + 3)
+        if through == "sync":
+            with open(str(path), engine=et) as f:
+                f.seek(VIEW_MIN - 1)
+                n = await asyncio.to_thread(f.readinto, buf)
+        else:
+            async with await open_async(str(path), engine=et) as af:
+                af.seek(VIEW_MIN - 1)
+                n = await af.readinto(buf)
+        assert n == len(buf)
+        assert buf == big[VIEW_MIN - 1 : 2 * VIEW_MIN + 2]

@@ -1,8 +1,9 @@
 """Landing: a caller's buffer that an engine on another thread fills.
 
 A file face whose engine runs on a thread of its own reads into the caller's
-buffer on that thread, without copying the bytes into an intermediate
-object first. The caller waits meanwhile, but it may stop waiting (an
+buffer on that thread: a large read straight from the cached pages (held
+while copied), a small one through ``bytes`` (see :data:`VIEW_MIN`). The
+caller waits meanwhile, but it may stop waiting (an
 interrupt, a cancellation) while the engine is still at work; from then on the
 engine must not touch the buffer, which the caller may reuse at once. A
 :class:`Landing` is that agreement: the engine copies only while holding its
@@ -14,11 +15,20 @@ writes to the buffer any more.
 from __future__ import annotations
 
 import threading
-from typing import final
+from typing import Final, final
 
 from aiomemmap.mappables.cached_file import CachedFile
 
-__all__ = ["Landing"]
+__all__ = ["VIEW_MIN", "Landing"]
+
+VIEW_MIN: Final[int] = 2 * 1024 * 1024
+"""The smallest read copied through a held view rather than through ``bytes``.
+
+Holding a view costs a few tens of microseconds (page references taken and
+dropped); copying through an intermediate ``bytes`` costs a second copy and
+the allocation. Measured on a warm cache, the view is as fast at about
+1-2 MiB and three to four times faster at 8 MiB.
+"""
 
 
 @final
@@ -57,14 +67,19 @@ class Landing:
         Cancellation:
             The buffer is unchanged.
         """
+        if self._length < VIEW_MIN:
+            return self._put(await cached_file.read(offset, self._length))
         async with cached_file.read_view(offset, self._length) as view:
-            with self._lock:
-                target = self._target
-                if target is None:
-                    return 0
-                n = len(view)
-                target[:n] = view
-                return n
+            return self._put(view)
+
+    def _put(self, data: bytes | memoryview) -> int:
+        with self._lock:
+            target = self._target
+            if target is None:
+                return 0
+            n = len(data)
+            target[:n] = data
+            return n
 
     def withdraw(self) -> None:
         """Take the buffer back: once this returns, nothing writes to it.

@@ -989,6 +989,10 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
         except that a truncation zeroes the tail past the new end of the
         page it keeps, as the file then reads.
 
+        Holding costs a few tens of microseconds (the page references), so
+        a view pays for itself from about a MiB: smaller reads are cheaper
+        with :meth:`readinto`.
+
         Leaving the block releases the view (using it afterwards raises
         ``ValueError``) and the pins. Views sliced from it and arrays made
         from it keep the pages referenced, and valid, for as long as they
