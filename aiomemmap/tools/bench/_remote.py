@@ -114,7 +114,9 @@ class _Run:
         return f"{self.seconds * 1000:.0f} ms, {self.used.describe()}"
 
 
-async def _measure(served: ServedFiles, client: Client, expected: int) -> _Run:
+async def _measure(
+    served: ServedFiles, name: str, client: Client, expected: int
+) -> _Run:
     """Time one cold run of ``client`` and take the server's counts of it.
 
     Raises:
@@ -127,7 +129,7 @@ async def _measure(served: ServedFiles, client: Client, expected: int) -> _Run:
     seconds = time.perf_counter() - t0
     used = served.counts() - before
     if got != expected:
-        raise RuntimeError(f"a client read {got} bytes instead of {expected}")
+        raise RuntimeError(f"{name} read {got} bytes instead of {expected}")
     return _Run(seconds, used)
 
 
@@ -141,7 +143,7 @@ async def _compare(
     runs: dict[str, list[_Run]] = {name: [] for name in runners}
     for _ in range(max(1, REMOTE_REPEATS)):
         for name, client in runners.items():
-            runs[name].append(await _measure(served, client, expected))
+            runs[name].append(await _measure(served, name, client, expected))
     return {
         name: sorted(done, key=lambda r: r.seconds)[(len(done) - 1) // 2]
         for name, done in runs.items()
