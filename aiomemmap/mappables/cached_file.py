@@ -276,7 +276,10 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
           calls their :meth:`evict` until the reservation is granted.
         * What goes: the cached, clean pages of the victim that no access in
           progress has pinned. A read pins the pages it reads while it waits
-          for them; a :meth:`translate` made for an access through an
+          for them; a :meth:`read_view` pins its pages while the view is
+          held (and takes a page reference of its own, so that dropping
+          the pages from the cache never frees them under the view); a
+          :meth:`translate` made for an access through an
           address space (a copy or a fault, inside an
           :class:`~aiomemmap.pgalloc.access_pins.Access`) pins its required
           pages until that access has copied them, so an access larger than
