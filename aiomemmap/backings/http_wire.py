@@ -100,6 +100,7 @@ class _Connection(asyncio.Protocol):
         "_body_left",
         "_buffer",
         "_done",
+        "_head_end",
         "_land",
         "_landed",
         "_waiter",
@@ -112,7 +113,10 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reusable = False
+        # The answer's head as it arrives (and whatever came with it); once
+        # the head is complete, reading pauses until its body is asked for.
         self._buffer = bytearray()
+        self._head_end = -1
         self._waiter: asyncio.Future[None] | None = None
         self._land: Callable[[bytes | memoryview, int], None] | None = None
         self._landed = 0
@@ -128,12 +132,24 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         land = self._land
-        if land is None:
-            self._buffer += data
-            if len(self._buffer) > _MAX_HEAD or b"\r\n\r\n" in self._buffer:
-                self._wake()
+        if land is not None:
+            self._feed(land, data)
             return
-        self._feed(land, data)
+        buffer = self._buffer
+        if self._head_end >= 0:
+            # Arrived after the head, before its body was asked for.
+            buffer += data
+            return
+        scan_from = max(0, len(buffer) - 3)
+        buffer += data
+        end = buffer.find(b"\r\n\r\n", scan_from)
+        if end >= 0:
+            self._head_end = end
+            if self.transport is not None:
+                self.transport.pause_reading()
+            self._wake()
+        elif len(buffer) > _MAX_HEAD:
+            self._wake()
 
     def eof_received(self) -> bool:
         self._lost()
@@ -148,6 +164,14 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self.reusable = False
         self._wake()
+
+    def _body_pending(self) -> bool:
+        return not self._done and not self.closed
+
+    def _resume(self) -> None:
+        """Read again (reading pauses at the end of each head)."""
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -201,11 +225,9 @@ class _Connection(asyncio.Protocol):
             raise ConnectionResetError(errno.ECONNRESET, "connection closed")
         self.reusable = False
         self._buffer.clear()
+        self._head_end = -1
         transport.write(request)
-        while True:
-            end = self._buffer.find(b"\r\n\r\n")
-            if end >= 0:
-                break
+        while self._head_end < 0:
             if len(self._buffer) > _MAX_HEAD:
                 raise OSError(errno.EPROTO, "HTTP answer head too large")
             if self.closed:
@@ -213,9 +235,7 @@ class _Connection(asyncio.Protocol):
                     errno.ECONNRESET, "the server closed the connection"
                 )
             await self._wait(wait_bound)
-        answer = _parse_head(bytes(self._buffer[:end]))
-        del self._buffer[: end + 4]
-        return answer
+        return _parse_head(bytes(self._buffer[: self._head_end]))
 
     async def receive(
         self,
@@ -226,22 +246,30 @@ class _Connection(asyncio.Protocol):
         """Land a body of ``length`` bytes; return how many arrived.
 
         Fewer than ``length`` means the connection closed early.
+
+        Preconditions:
+            :meth:`send` returned the head of this body.
         """
         self._landed = 0
         self._body_left = length
         self._done = length == 0
-        self._land = None if self._done else land
-        leftover = bytes(self._buffer)
+        leftover = bytes(self._buffer[self._head_end + 4 :])
         self._buffer.clear()
-        if leftover and not self._done:
-            self._feed(land, leftover)
-        elif leftover:
-            self.reusable = False
+        self._head_end = -1
+        if leftover:
+            if self._done:
+                self.reusable = False
+            else:
+                self._feed(land, leftover)
         try:
-            while not self._done and not self.closed:
-                await self._wait(wait_bound)
+            if not self._done:
+                self._land = land
+                self._resume()
+                while self._body_pending():
+                    await self._wait(wait_bound)
         finally:
             self._land = None
+        self._resume()
         return self._landed
 
     def close(self) -> None:
