@@ -102,8 +102,8 @@ class WrongLoopError(AiomemmapError, RuntimeError):
             owner = f"event loop {_loop_name(bound)} ({state})"
         thread = threading.current_thread()
         return cls(
-            f"{what} is bound to {owner}; it was used from event loop "
-            f"{_loop_name(used)} in thread {thread.name!r}. {advice}"
+            f"{what} is bound to {owner}; it was used from another event "
+            f"loop, {_loop_name(used)} in thread {thread.name!r}. {advice}"
         )
 
 
