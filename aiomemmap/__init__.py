@@ -22,7 +22,10 @@ The public API, by layer (each layer builds only on the ones before it):
 * the faces over an engine: :func:`open` (a synchronous, thread-safe
   :class:`RemoteFile` for pyarrow, h5py, zipfile...) and :func:`open_async`
   (an :class:`AsyncRemoteFile` on the caller's loop). ``aiomemmap.open``
-  is a name of this package only: it shadows nothing inside it.
+  is a name of this package only: it shadows nothing inside it;
+* real memory: :func:`map_file` maps a file into this process as a
+  :class:`Region` whose pages an engine's :class:`Pager` serves through
+  userfaultfd.
 
 Every name is loaded on first use (PEP 562): ``import aiomemmap`` runs this
 module alone, on the standard library, and ``aiomemmap.CachedFile`` imports
@@ -116,6 +119,9 @@ if _typing.TYPE_CHECKING:
     from aiomemmap.mm.options import MRemapMove as MRemapMove
     from aiomemmap.mm.platform import NoPlatform as NoPlatform
     from aiomemmap.mm.platform import Platform as Platform
+    from aiomemmap.pager.client import Region as Region
+    from aiomemmap.pager.client import map_file as map_file
+    from aiomemmap.pager.server import Pager as Pager
     from aiomemmap.pgalloc.memory_file import MemoryFile as MemoryFile
     from aiomemmap.pgalloc.memory_file import (
         MemoryFileStatistics as MemoryFileStatistics,
@@ -182,9 +188,11 @@ __all__ = [
     "OrderedLock",
     "OrderedRWLock",
     "OutOfMemoryError",
+    "Pager",
     "Platform",
     "ReadaheadHint",
     "RefCountError",
+    "Region",
     "RemoteFile",
     "RetryPolicy",
     "SharedMemory",
@@ -197,6 +205,7 @@ __all__ = [
     "default_engine",
     "is_debug",
     "is_page_aligned",
+    "map_file",
     "open",
     "open_async",
     "open_backing",
@@ -263,10 +272,12 @@ _MODULE_OF: _typing.Final[dict[str, str]] = {
     "OrderedLock": "aiomemmap._core.locks",
     "OrderedRWLock": "aiomemmap._core.locks",
     "OutOfMemoryError": "aiomemmap._core.errors",
+    "Pager": "aiomemmap.pager.server",
     "PAGE_SIZE": "aiomemmap._core.pages",
     "Platform": "aiomemmap.mm.platform",
     "ReadaheadHint": "aiomemmap.mappables.readahead",
     "RefCountError": "aiomemmap._core.errors",
+    "Region": "aiomemmap.pager.client",
     "RemoteFile": "aiomemmap.faces.remote_file",
     "RetryPolicy": "aiomemmap.backings.base",
     "SharedMemory": "aiomemmap.mappables.shared_memory",
@@ -279,6 +290,7 @@ _MODULE_OF: _typing.Final[dict[str, str]] = {
     "default_engine": "aiomemmap.engine.default",
     "is_debug": "aiomemmap._core.debug",
     "is_page_aligned": "aiomemmap._core.pages",
+    "map_file": "aiomemmap.pager.client",
     "open": "aiomemmap.faces.remote_file",
     "open_async": "aiomemmap.faces.async_file",
     "open_backing": "aiomemmap.backings.opener",

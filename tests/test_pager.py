@@ -22,9 +22,14 @@ from typing import Any
 import anyio
 import pytest
 
-from aiomemmap import BusError, Engine, WrongLoopError, page_round_up
-from aiomemmap.pager.client import map_file
-from aiomemmap.pager.server import Pager
+from aiomemmap import (
+    BusError,
+    Engine,
+    Pager,
+    WrongLoopError,
+    map_file,
+    page_round_up,
+)
 from aiomemmap.tools.http_server import RangeHTTPServer
 
 DEADLINE = 60.0
@@ -33,11 +38,14 @@ MiB = 1 << 20
 CLIENT = textwrap.dedent(
     """
     import hashlib, json, sys, time
-    from aiomemmap.pager.client import map_file
+    from aiomemmap import map_file
 
     url, address, mode = sys.argv[1:4]
-    region = map_file(url, engine=address)
+    region = map_file(url, engine=None if address == "child" else address)
     out = {"size": region.size, "len": len(region)}
+    if address == "child":
+        import aiomemmap.pager.client as client
+        out["child"] = client._child[1].pid
     if mode == "scan":
         out["cold"] = hashlib.sha256(region).hexdigest()
         out["warm"] = hashlib.sha256(region).hexdigest()
@@ -56,7 +64,7 @@ CLIENT = textwrap.dedent(
         time.sleep(3600)
     elif mode == "checked":
         try:
-            region.read(0, 100)
+            region.read(region.size // 2, 100)
             out["error"] = None
         except OSError as exc:
             out["error"] = type(exc).__name__
@@ -64,7 +72,7 @@ CLIENT = textwrap.dedent(
             out["is_bus_error"] = type(exc).__mro__[1].__name__
     elif mode == "raw":
         print("touching", flush=True)
-        bytes(region[:100])
+        bytes(region[len(region) // 2 : len(region) // 2 + 100])
         out["survived"] = True
     region.close()
     print(json.dumps(out), flush=True)
@@ -216,7 +224,10 @@ async def test_a_killed_client_leaves_nothing_behind(tmp_path: Path) -> None:
 
 
 async def test_a_page_that_cannot_be_read_is_poisoned_never_zeros() -> None:
-    data = content(256 * 1024, seed=5)
+    # Big enough that opening it (which learns the size, and may fetch its
+    # head or tail meanwhile) fetched none of the middle, which the clients
+    # touch.
+    data = content(8 * MiB, seed=5)
     with anyio.fail_after(DEADLINE):
         async with RangeHTTPServer() as server:
             server.add("gone", data)
@@ -298,7 +309,7 @@ async def test_map_file_reports_what_the_pager_refused(tmp_path: Path) -> None:
 
 
 async def test_a_poisoned_checked_read_is_a_bus_error_in_process() -> None:
-    data = content(64 * 1024, seed=7)
+    data = content(8 * MiB, seed=7)
     with anyio.fail_after(DEADLINE):
         async with RangeHTTPServer() as server:
             server.add("lost", data)
@@ -309,9 +320,83 @@ async def test_a_poisoned_checked_read_is_a_bus_error_in_process() -> None:
                 region = await asyncio.to_thread(map_file, url, engine=pager.address)
                 try:
                     with pytest.raises(BusError) as info:
-                        await asyncio.to_thread(region.read, 0, 10)
+                        await asyncio.to_thread(region.read, len(data) // 2, 10)
                     assert info.value.bytes_done == 0
                 finally:
                     region.close()
                     await engine.close_file(cached)
                 await settle(engine, pager)
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return "\nState:\tZ" in status.read()
+    except FileNotFoundError:
+        return True
+
+
+async def test_without_an_engine_a_child_engine_serves_and_leaves_with_the_client(
+    tmp_path: Path,
+) -> None:
+    data = content(1 * MiB + 5, seed=8)
+    path = tmp_path / "child.bin"
+    path.write_bytes(data)
+    with anyio.fail_after(DEADLINE):
+        status, report, err = await run_client(str(path), "child", "scan")
+        assert status == 0, err.decode()
+        check_scan(report, data)
+        child = report["child"]
+        while True:
+            if process_gone(child):
+                break
+            await asyncio.sleep(0.01)
+
+
+def test_an_engine_thread_of_this_process_serves_checked_reads(tmp_path: Path) -> None:
+    import numpy as np
+
+    data = content(2 * MiB, seed=9)
+    path = tmp_path / "thread.bin"
+    path.write_bytes(data)
+    with Engine.start_thread() as engine_thread:
+        region = map_file(str(path), engine=engine_thread)
+        try:
+            # The kernel copy and numpy's bulk copy release the GIL: the
+            # engine's thread serves their faults.
+            assert region.read(10, 100) == data[10:110]
+            array = np.frombuffer(region, np.uint8)
+            assert array.copy().tobytes() == data
+            del array
+
+            async def from_the_engines_loop() -> None:
+                with pytest.raises(WrongLoopError, match="own loop thread"):
+                    map_file(str(path), engine=engine_thread)
+                with pytest.raises(WrongLoopError, match="pager's own event"):
+                    region.read(0, 1)
+
+            engine_thread.call(from_the_engines_loop)
+            again = map_file(str(path), engine=engine_thread)
+            assert again.read(len(data) - 3, 10) == data[-3:]
+            again.close()
+        finally:
+            region.close()
+
+
+async def test_an_engine_on_this_loop_serves_other_threads(tmp_path: Path) -> None:
+    data = content(256 * 1024, seed=10)
+    path = tmp_path / "loop.bin"
+    path.write_bytes(data)
+    with anyio.fail_after(DEADLINE):
+        with pytest.raises(WrongLoopError, match="not run on an event loop"):
+            map_file(str(path), engine=Engine())
+        async with Engine() as engine:
+            with pytest.raises(WrongLoopError, match="own loop thread"):
+                map_file(str(path), engine=engine)
+            region = await asyncio.to_thread(map_file, str(path), engine=engine)
+            try:
+                assert await asyncio.to_thread(region.read, 0, len(data)) == data
+            finally:
+                region.close()
+        with pytest.raises(TypeError, match="EngineThread"):
+            map_file(str(path), engine=42)  # type: ignore[arg-type]

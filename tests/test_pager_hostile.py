@@ -22,7 +22,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from aiomemmap import Engine
+from aiomemmap import Engine, Pager
 from aiomemmap._core.fdpass import (
     Message,
     close_fds,
@@ -32,7 +32,6 @@ from aiomemmap._core.fdpass import (
 from aiomemmap._core.pages import PAGE_SIZE
 from aiomemmap._core.uffd import Userfaultfd, buffer_address
 from aiomemmap.pager.protocol import MAX_REQUEST_BYTES
-from aiomemmap.pager.server import Pager
 
 DEADLINE = 30.0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from aiomemmap import ClosedError, Engine
+from aiomemmap import ClosedError, Engine, Pager
 from aiomemmap._core.pages import PAGE_SIZE
 from aiomemmap.pager.fault_around import FaultAround
 from aiomemmap.pager.file_pages import FilePages
@@ -25,7 +25,6 @@ from aiomemmap.pager.protocol import (
     encode,
     error_reply,
 )
-from aiomemmap.pager.server import Pager
 
 KiB, MiB = 1024, 1024 * 1024
 

@@ -92,10 +92,13 @@ ENGINE = [
 ]
 
 
+REALMEM = ["map_file", "Region", "Pager"]
+
+
 @pytest.mark.parametrize(
     "names",
-    [FOUNDATION, MAPPABLES, ADDRSPACE, ENGINE],
-    ids=["foundation", "mappables", "addrspace", "engine"],
+    [FOUNDATION, MAPPABLES, ADDRSPACE, ENGINE, REALMEM],
+    ids=["foundation", "mappables", "addrspace", "engine", "realmem"],
 )
 def test_public_api_exports_every_layer_name(names):
     missing = [n for n in names if not hasattr(aiomemmap, n)]
@@ -164,3 +167,18 @@ def test_public_api_open_is_ours_and_the_builtin_is_untouched():
     assert aiomemmap.open is not builtins.open
     assert aiomemmap.open.__module__ == "aiomemmap.faces.remote_file"
     assert builtins.open.__module__ in ("io", "_io")
+
+
+def test_public_api_real_memory_client_loads_no_engine():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, aiomemmap; aiomemmap.map_file; aiomemmap.Region; "
+        "print(sorted(m for m in sys.modules if m.startswith('aiomemmap.') "
+        "and m.split('.')[1] not in ('_core', 'pager')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]"

@@ -29,10 +29,13 @@ import errno
 import faulthandler
 import mmap
 import os
+import select
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiomemmap._core.errors import BusError, ClosedError, WrongLoopError
 from aiomemmap._core.fdpass import (
@@ -47,6 +50,11 @@ from aiomemmap._core.uffd import (
     Userfaultfd,
     buffer_address,
 )
+
+if TYPE_CHECKING:
+    from aiomemmap.engine.engine import Engine
+    from aiomemmap.engine.thread import EngineThread
+
 from aiomemmap.pager.protocol import (
     MAX_REQUEST_BYTES,
     PROTOCOL_VERSION,
@@ -268,17 +276,55 @@ class Region(mmap.mmap):
         self.close()
 
 
-def _socket_path(engine: object) -> str:
-    if (
-        not isinstance(engine, str)
-        or not engine.startswith("unix:")
-        or len(engine) <= 5
-    ):
-        raise TypeError(
-            "map_file: engine must be 'unix:PATH', the socket of a running "
-            f"Pager, got {engine!r}"
+def _socket_path(engine: str | Engine | EngineThread | None) -> str:
+    """The pager socket for ``map_file``'s ``engine`` argument."""
+    if engine is None:
+        return _child_engine_address()[5:]
+    if isinstance(engine, str):
+        if not engine.startswith("unix:") or len(engine) <= 5:
+            raise TypeError(
+                "map_file: engine must be None, 'unix:PATH' (the socket of a "
+                f"running Pager), an Engine or an EngineThread, got {engine!r}"
+            )
+        return engine[5:]
+    # An engine of this process: its pager runs on its loop. Imported here
+    # only, so that a client of another process never loads the engine.
+    from aiomemmap.pager.in_process import pager_address
+
+    return pager_address(engine)[5:]
+
+
+_child_lock = threading.Lock()
+_child: tuple[int, subprocess.Popen[bytes], str] | None = None
+
+
+def _child_engine_address() -> str:
+    """Start, or reuse, this process's child engine; return its pager address.
+
+    Raises:
+        OSError: The child could not start or did not announce its address.
+    """
+    global _child
+    with _child_lock:
+        found = _child
+        if found is not None and found[0] == os.getpid() and found[1].poll() is None:
+            return found[2]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aiomemmap.pager.child"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
-    return engine[5:]
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], DEFAULT_CONNECT_TIMEOUT)
+        line = proc.stdout.readline().decode().strip() if ready else ""
+        if not line.startswith("unix:"):
+            proc.kill()
+            proc.wait()
+            raise OSError(f"map_file: the child engine did not start (said {line!r})")
+        # Its standard input stays open here: its end (this process closing
+        # it, or exiting) is what stops the child.
+        _child = (os.getpid(), proc, line)
+        return line
 
 
 def _send(conn: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
@@ -295,7 +341,7 @@ def map_file(
     url_or_path: str,
     /,
     *,
-    engine: str,
+    engine: str | Engine | EngineThread | None = None,
     timeout: float = DEFAULT_CONNECT_TIMEOUT,
     **storage_options: str | int | float | bool | None,
 ) -> Region:
@@ -308,8 +354,16 @@ def map_file(
     Args:
         url_or_path: What the pager's engine should open (a URL, or a path
             on the pager's host).
-        engine: ``"unix:PATH"``, the socket of a running
-            :class:`~aiomemmap.pager.server.Pager`.
+        engine: Who serves the region. ``None`` (the default): a child
+            engine process of this process, started by the first call and
+            reused by later ones (it exits with this process).
+            ``"unix:PATH"``: the socket of a running
+            :class:`~aiomemmap.pager.server.Pager` (e.g. ``Pager.address``).
+            An :class:`~aiomemmap.Engine` (running on a loop of another
+            thread) or an :class:`~aiomemmap.EngineThread`: that engine, in
+            this process; then touch the region only through accessors that
+            release the GIL, never from the engine's thread (see the module
+            documentation).
         timeout: Seconds allowed for the handshake.
         **storage_options: The backing's options (JSON scalars only).
 

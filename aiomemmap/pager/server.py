@@ -168,7 +168,9 @@ class Pager:
         engine: The engine whose files are served (the pager uses it on the
             engine's loop, the loop it is started on).
         socket_path: Where to listen; by default a new private directory
-            (``0700``) holds the socket. The socket is made ``0600``.
+            (``0700``) holds the socket. The socket is made ``0600``. A
+            path starting with a NUL byte names an abstract socket (no file,
+            no permissions: only the uid check guards it).
         allowed_uids: The uids served; by default only the pager's own.
         fault_around: The first fault-around chunk of a region (a power of
             two, at least a page); it grows to ``max_fault_around`` on
@@ -300,7 +302,8 @@ class Pager:
         try:
             listener.setblocking(False)
             listener.bind(self._socket_path)
-            os.chmod(self._socket_path, 0o600)
+            if not self._socket_path.startswith("\0"):
+                os.chmod(self._socket_path, 0o600)
             listener.listen(128)
         except BaseException:
             listener.close()
@@ -340,7 +343,7 @@ class Pager:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     def _remove_socket(self) -> None:
-        if self._socket_path is not None:
+        if self._socket_path is not None and not self._socket_path.startswith("\0"):
             with contextlib.suppress(OSError):
                 os.unlink(self._socket_path)
         if self._private_dir is not None:
