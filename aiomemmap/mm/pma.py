@@ -169,31 +169,38 @@ def merge_pmas(start: int, mid: int, end: int, left: Pma, right: Pma) -> Pma | N
 def split_pma(start: int, end: int, pma: Pma, at: int) -> tuple[Pma, Pma]:
     """Split a pma at ``at``; each half keeps its part of the cached mapping."""
     n = at - start
-    left_blocks = right_blocks = None
-    if pma.blocks is not None:
-        left_blocks = pma.blocks.take_first(n)
-        right_blocks = pma.blocks.drop_first(n)
-    left = Pma(
-        pma.file,
-        pma.offset,
-        pma.translate_perms,
-        pma.effective_perms,
-        pma.max_perms,
-        need_cow=pma.need_cow,
-        private=pma.private,
-        blocks=left_blocks,
+    blocks = pma.blocks
+    if blocks is None:
+        return _piece(pma, pma.offset, None), _piece(pma, pma.offset + n, None)
+    return (
+        _piece(pma, pma.offset, blocks.take_first(n)),
+        _piece(pma, pma.offset + n, blocks.drop_first(n)),
     )
-    right = Pma(
-        pma.file,
-        pma.offset + n,
-        pma.translate_perms,
-        pma.effective_perms,
-        pma.max_perms,
-        need_cow=pma.need_cow,
-        private=pma.private,
-        blocks=right_blocks,
-    )
-    return left, right
+
+
+_new_object = object.__new__
+
+
+def _piece(pma: Pma, offset: int, blocks: BlockSeq | None) -> Pma:
+    """Return a pma like ``pma`` for part of its pages, starting at ``offset``.
+
+    ``blocks`` is the part's cached mapping (or ``None``); the file range and
+    the view are left to be found again, since the length changed. This is
+    :class:`Pma`'s constructor without its argument handling: pieces are
+    made on every split and trim, which invalidation does once per space.
+    """
+    piece: Pma = _new_object(Pma)
+    piece.file = pma.file
+    piece.offset = offset
+    piece.translate_perms = pma.translate_perms
+    piece.effective_perms = pma.effective_perms
+    piece.max_perms = pma.max_perms
+    piece.need_cow = pma.need_cow
+    piece.private = pma.private
+    piece.blocks = blocks
+    piece.fr = None
+    piece.view = None
+    return piece
 
 
 @final
@@ -388,20 +395,73 @@ class PmaCache:
     def invalidate_locked(self, start: int, end: int, private: bool) -> None:
         """Drop the pmas in ``[start, end)`` (private ones only if ``private``).
 
+        A pma that reaches past the range keeps its part outside it: it is
+        trimmed (one new value in place of the old, at the old key or at the
+        range's edge) rather than split into pieces of which all but one are
+        dropped again. The platform sees the dropped part unmapped before its
+        page reference is dropped, exactly as for :meth:`remove`.
+
         Preconditions: the lock is held for writing.
         """
         if self._translates_in_flight:
             self._invalidation_log.append((start, end))
         segs = self.segs
         seg = segs.lower_bound_segment(start)
-        while seg is not None and seg.start < end:
-            # Taken before seg changes; seg is split at end only if it is last.
-            nxt = segs.next_segment(seg) if seg.end < end else None
-            if private or not seg.value.private:
-                if seg.start < start or end < seg.end:
-                    seg = segs.isolate(seg, start, end)
-                self.remove(seg)
+        while seg is not None:
+            s0, e0, pma = seg
+            if s0 >= end:
+                return
+            # Taken before seg changes; nothing after end is touched.
+            nxt = segs.next_segment(seg) if e0 < end else None
+            if private or not pma.private:
+                if start <= s0:
+                    if e0 <= end:
+                        self.remove(seg)
+                    else:
+                        self._drop_head(seg, end)
+                elif e0 <= end:
+                    self._drop_tail(seg, start)
+                else:
+                    self.remove(segs.isolate(seg, start, end))
             seg = nxt
+
+    def _drop_tail(self, seg: Segment[Pma], at: int) -> None:
+        """Drop the pages of ``seg`` from ``at`` on; the part before stays.
+
+        Preconditions: the lock is held for writing; ``seg.start < at <
+        seg.end``.
+        """
+        s0, e0, pma = seg
+        n = at - s0
+        blocks = pma.blocks
+        kept = _piece(pma, pma.offset, None if blocks is None else blocks.take_first(n))
+        dropped = e0 - at
+        self.platform.unmap(at, dropped)
+        segs = self.segs
+        segs.delete(seg)
+        segs.insert_without_merging(s0, at, kept)
+        self.rss -= dropped
+        off = pma.offset + n
+        pma.file.dec_ref(FileRange(off, off + dropped))
+
+    def _drop_head(self, seg: Segment[Pma], at: int) -> None:
+        """Drop the pages of ``seg`` before ``at``; the part from ``at`` stays.
+
+        Preconditions: the lock is held for writing; ``seg.start < at <
+        seg.end``.
+        """
+        s0, e0, pma = seg
+        n = at - s0
+        blocks = pma.blocks
+        kept = _piece(
+            pma, pma.offset + n, None if blocks is None else blocks.drop_first(n)
+        )
+        self.platform.unmap(s0, n)
+        segs = self.segs
+        segs.delete(seg)
+        segs.insert_without_merging(at, e0, kept)
+        self.rss -= n
+        pma.file.dec_ref(FileRange(pma.offset, pma.offset + n))
 
     def move(self, old_start: int, old_end: int, new_start: int) -> None:
         """Move the pmas of ``[old_start, old_end)`` to start at ``new_start``.

@@ -552,20 +552,40 @@ class MemoryFile:
             O(log n + k) for the k runs ``fr`` overlaps, plus one
             ``fallocate`` per run of pages freed.
         """
-        start, end = _check_page_range("dec_ref", fr)
+        # _check_page_range, inlined for valid ranges (it raises otherwise).
+        arg: object = fr
+        if (
+            type(arg) is not FileRange
+            or fr.start == fr.end
+            or (fr.start | fr.end) & PAGE_MASK
+        ):
+            _check_page_range("dec_ref", fr)
+        start, end = fr.start, fr.end
         with self._lock:
-            self._check_open_locked("dec_ref")
+            if self._closed:
+                self._check_open_locked("dec_ref")
             used = self._used
-            seg = self._require_used_locked("dec_ref", fr, start, end)
+            seg = used.find(start) if end <= self._file_size else None
+            if seg is None or seg.end < end:
+                seg = self._require_used_locked("dec_ref", fr, start, end)
             if seg is not None:
-                # One run covers fr: the common case, freeing an allocation.
-                if seg.value[0] == 1:
+                # One run covers fr: the common case.
+                refs, kind = seg.value
+                if refs == 1:
                     # The pieces of the run left on either side keep the same
                     # neighbours and value, so nothing new can merge.
                     if seg.start != start or seg.end != end:
                         seg = used.isolate(seg, start, end)
-                    used.remove(seg)
+                    used.delete(seg)
                     self._release_locked([seg])
+                elif seg.start == start and seg.end == end:
+                    # Every holder of a run drops the same range (every
+                    # mapping of the same pages): the value changes in place,
+                    # and only a neighbour that already has the new value
+                    # merges with it.
+                    used.merge_next(
+                        used.merge_prev(used.set_value(seg, (refs - 1, kind)))
+                    )
                 else:
                     self._change_run_locked(seg, start, end, -1)
             else:
