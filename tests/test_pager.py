@@ -43,7 +43,7 @@ CLIENT = textwrap.dedent(
     url, address, mode = sys.argv[1:4]
     region = map_file(url, engine=None if address == "child" else address)
     out = {"size": region.size, "len": len(region)}
-    if address == "child":
+    if mode == "scan" and address == "child":
         import aiomemmap.pager.client as client
         out["child"] = client._child[1].pid
     if mode == "scan":
@@ -62,7 +62,11 @@ CLIENT = textwrap.dedent(
         out["head"] = region.read(0, 16).hex()
         print(json.dumps(out), flush=True)
         time.sleep(3600)
-    elif mode == "checked":
+    elif mode.startswith("wait-"):
+        print(json.dumps({"mapped": True}), flush=True)
+        sys.stdin.readline()
+        mode = mode[5:]
+    if mode == "checked":
         try:
             region.read(region.size // 2, 100)
             out["error"] = None
@@ -99,6 +103,7 @@ async def start_client(url: str, address: str, mode: str) -> asyncio.subprocess.
         url,
         address,
         mode,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -216,7 +221,7 @@ async def test_a_killed_client_leaves_nothing_behind(tmp_path: Path) -> None:
                 assert engine.statistics().open_files == 1
             finally:
                 proc.send_signal(signal.SIGKILL)
-                await proc.wait()
+                await proc.communicate()
             await settle(engine, pager)
             stats = pager.statistics()
             assert (stats.clients, stats.files, stats.resident_bytes) == (0, 0, 0)
@@ -400,3 +405,48 @@ async def test_an_engine_on_this_loop_serves_other_threads(tmp_path: Path) -> No
                 region.close()
         with pytest.raises(TypeError, match="EngineThread"):
             map_file(str(path), engine=42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["checked", "raw"])
+async def test_when_the_engine_dies_a_blocked_client_fails_fast(mode: str) -> None:
+    data = content(8 * MiB, seed=11)
+    with anyio.fail_after(DEADLINE):
+        async with RangeHTTPServer() as server:
+            server.add("slow", data)
+            engine = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "aiomemmap.pager.child",
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            client = None
+            try:
+                assert engine.stdout is not None
+                address = (await engine.stdout.readline()).decode().strip()
+                client = await start_client(server.url("slow"), address, "wait-" + mode)
+                assert client.stdout is not None
+                assert client.stdin is not None
+                assert json.loads(await client.stdout.readline()) == {"mapped": True}
+                # Every fetch now hangs: the client's touch waits in a fault.
+                server.latency = 3600
+                client.stdin.write(b"go\n")
+                await client.stdin.drain()
+                await asyncio.sleep(0.2)
+                engine.kill()
+                await engine.communicate()
+                out, err = await client.communicate()
+            finally:
+                if engine.returncode is None:
+                    engine.kill()
+                    await engine.communicate()
+                if client is not None and client.returncode is None:
+                    client.kill()
+                    await client.communicate()
+            if mode == "checked":
+                assert client.returncode == 0, err.decode()
+                report = json.loads(out.decode().splitlines()[-1])
+                assert "BusError" in report["is_bus_error"] + report["error"]
+            else:
+                assert client.returncode == -signal.SIGBUS, err.decode()
+                assert b"Bus error" in err

@@ -190,3 +190,32 @@ async def test_pager_set_up_is_checked(tmp_path: Path) -> None:
                 assert (stats.clients, stats.connections, stats.files) == (0, 0, 0)
             assert not (tmp_path / "s").exists()
             await pager.aclose()
+
+
+def test_the_watchdog_poisons_only_unpopulated_pages_and_wakes() -> None:
+    import errno
+    import mmap
+
+    from aiomemmap._core.uffd import Userfaultfd, buffer_address
+    from aiomemmap.pager.watchdog import poison_unpopulated
+
+    region = mmap.mmap(-1, 8 * PAGE_SIZE)
+    with buffer_address(region) as (start, _):
+        pass
+    r, w = os.pipe()
+    try:
+        with Userfaultfd.create(optional_features=0) as uffd:
+            uffd.register(start, 8 * PAGE_SIZE)
+            uffd.copy_from(start + 2 * PAGE_SIZE, b"\x07" * PAGE_SIZE)
+            uffd.copy_from(start + 5 * PAGE_SIZE, b"\x09" * (2 * PAGE_SIZE))
+            assert poison_unpopulated(uffd, start, 8 * PAGE_SIZE) == 5
+            assert region[2 * PAGE_SIZE] == 7
+            assert region[6 * PAGE_SIZE] == 9
+            for page in (0, 1, 3, 4, 7):
+                with pytest.raises(OSError, match="Bad address") as info:
+                    os.write(w, memoryview(region)[page * PAGE_SIZE :][:8])
+                assert info.value.errno == errno.EFAULT
+    finally:
+        os.close(r)
+        os.close(w)
+        region.close()

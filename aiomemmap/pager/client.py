@@ -64,6 +64,7 @@ from aiomemmap.pager.protocol import (
     decode_status,
     encode,
 )
+from aiomemmap.pager.watchdog import start_watchdog
 
 __all__ = ["Region", "map_file"]
 
@@ -145,6 +146,7 @@ class Region(mmap.mmap):
     _size: int
     _length: int
     _pager_pid: int
+    _watchdog: subprocess.Popen[bytes] | None
     _pager_thread: int
     _url: str
 
@@ -153,7 +155,7 @@ class Region(mmap.mmap):
         raise TypeError("Region cannot be created directly: use aiomemmap.map_file()")
 
     @classmethod
-    def _create(cls, memfd: int, reply: MapReply, url: str) -> Region:
+    def _create(cls, memfd: int, reply: MapReply, url: str, pager_pid: int) -> Region:
         region = mmap.mmap.__new__(
             cls, memfd, reply.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ
         )
@@ -161,11 +163,12 @@ class Region(mmap.mmap):
             region._address = address
         region._size = reply.size
         region._length = reply.length
-        region._pager_pid = reply.pid
+        region._pager_pid = pager_pid
         region._pager_thread = reply.thread
         region._url = url
         region._conn = None
         region._uffd = None
+        region._watchdog = None
         return region
 
     def __repr__(self) -> str:
@@ -262,6 +265,10 @@ class Region(mmap.mmap):
         """
         if not self.closed:
             super().close()
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.kill()
+            watchdog.wait()
         conn, self._conn = self._conn, None
         uffd, self._uffd = self._uffd, None
         if uffd is not None:
@@ -276,22 +283,36 @@ class Region(mmap.mmap):
         self.close()
 
 
-def _socket_path(engine: str | Engine | EngineThread | None) -> str:
-    """The pager socket for ``map_file``'s ``engine`` argument."""
+def _connect(
+    engine: str | Engine | EngineThread | None, timeout: float
+) -> socket.socket:
+    """Connect to the pager ``map_file``'s ``engine`` argument names."""
     if engine is None:
-        return _child_engine_address()[5:]
-    if isinstance(engine, str):
+        path = _child_engine_address()[5:]
+    elif isinstance(engine, str):
         if not engine.startswith("unix:") or len(engine) <= 5:
             raise TypeError(
                 "map_file: engine must be None, 'unix:PATH' (the socket of a "
                 f"running Pager), an Engine or an EngineThread, got {engine!r}"
             )
-        return engine[5:]
-    # An engine of this process: its pager runs on its loop. Imported here
-    # only, so that a client of another process never loads the engine.
-    from aiomemmap.pager.in_process import pager_address
+        path = engine[5:]
+    else:
+        # An engine of this process: its pager serves one end of a socket
+        # pair on the engine's loop. Imported here only, so that a client
+        # of another process never loads the engine.
+        from aiomemmap.pager.in_process import connect_in_process
 
-    return pager_address(engine)[5:]
+        conn = connect_in_process(engine)
+        conn.settimeout(timeout)
+        return conn
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        conn.settimeout(timeout)
+        conn.connect(path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 _child_lock = threading.Lock()
@@ -343,6 +364,7 @@ def map_file(
     *,
     engine: str | Engine | EngineThread | None = None,
     timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    watchdog: bool = True,
     **storage_options: str | int | float | bool | None,
 ) -> Region:
     """Map a whole file into this process as real memory served by a pager.
@@ -365,6 +387,11 @@ def map_file(
             release the GIL, never from the engine's thread (see the module
             documentation).
         timeout: Seconds allowed for the handshake.
+        watchdog: When the engine is another process, start the region's
+            watchdog (:mod:`~aiomemmap.pager.watchdog`), which makes the
+            region's untouched pages fail at once, rather than hang, if the
+            engine dies. Without it, an access blocked in a fault waits
+            until this process is killed.
         **storage_options: The backing's options (JSON scalars only).
 
     Returns:
@@ -378,21 +405,18 @@ def map_file(
             (:class:`~aiomemmap.pager.protocol.ProtocolError`).
         TimeoutError: The handshake took longer than ``timeout``.
     """
-    path = _socket_path(engine)
     if not isinstance(url_or_path, str):
         raise TypeError(f"map_file: url_or_path must be a str, got {url_or_path!r}")
+    conn = _connect(engine, timeout)
     if not faulthandler.is_enabled():
         # A poisoned page kills the process: say where.
         faulthandler.enable()
-    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     region: Region | None = None
     try:
-        conn.settimeout(timeout)
-        conn.connect(path)
         creds = peer_credentials(conn)
         if creds.uid not in (os.getuid(), 0):
             raise PermissionError(
-                f"map_file: the pager at {path!r} runs as uid {creds.uid}, "
+                f"map_file: the pager (pid {creds.pid}) runs as uid {creds.uid}, "
                 "neither this process's nor root's"
             )
         request = {
@@ -418,7 +442,7 @@ def map_file(
                     f"map reply: expected one descriptor, got {len(msg.fds)}"
                 )
             reply = decode_map_reply(msg.data)
-            region = Region._create(msg.fds[0], reply, url_or_path)
+            region = Region._create(msg.fds[0], reply, url_or_path, creds.pid)
         finally:
             close_fds(msg.fds)
         uffd = Userfaultfd.create(optional_features=FEATURE_THREAD_ID | FEATURE_POISON)
@@ -434,6 +458,10 @@ def map_file(
         _send(conn, encode(register), [uffd.fileno()])
         msg = recv_message(conn, max_bytes=MAX_REQUEST_BYTES, max_fds=0)
         decode_status(msg.data, "register reply")
+        if watchdog and creds.pid != os.getpid():
+            region._watchdog = start_watchdog(
+                uffd, region.address, reply.length, creds.pid
+            )
         conn.settimeout(None)
         region._conn = conn
         return region

@@ -3,45 +3,43 @@
 ``map_file(url, engine=e)`` with an :class:`~aiomemmap.Engine` or an
 :class:`~aiomemmap.EngineThread` serves the region from that engine: a
 :class:`~aiomemmap.pager.server.Pager` is started on the engine's loop the
-first time, on an abstract Unix socket (no file to clean up), and kept for
-the engine's life. The client side still speaks the socket protocol, so
-there is one way in.
+first time (listening nowhere: each client is served on one end of a socket
+pair) and kept for the engine's life. The client side still speaks the
+socket protocol, so there is one way in.
 
 Only accessors that release the GIL may touch such a region (see
-:mod:`aiomemmap.pager.client`); :func:`pager_address` refuses to run on the
+:mod:`aiomemmap.pager.client`); :func:`connect_in_process` refuses to run on the
 engine's own loop thread, where the handshake itself could never complete.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import socket
 import threading
 import weakref
-from typing import Final
 
 from aiomemmap._core.errors import ClosedError, WrongLoopError
 from aiomemmap.engine.engine import Engine
 from aiomemmap.engine.thread import EngineThread
 from aiomemmap.pager.server import Pager
 
-__all__ = ["pager_address"]
+__all__ = ["connect_in_process"]
 
-_START_TIMEOUT: Final = 30.0
 _lock = threading.Lock()
 _pagers: weakref.WeakKeyDictionary[Engine, Pager] = weakref.WeakKeyDictionary()
 
 
-def pager_address(engine: Engine | EngineThread) -> str:
-    """Return the address of ``engine``'s pager, starting it on first use.
+def connect_in_process(engine: Engine | EngineThread) -> socket.socket:
+    """Connect to ``engine``'s pager in this process; return the client's end.
+
+    The pager is created on first use (it listens on no socket: each client
+    gets one end of a socket pair, whose other end the pager serves on the
+    engine's loop).
 
     Args:
         engine: An engine running on a loop (of another thread than this
             one), or an engine thread.
-
-    Returns:
-        ``"unix:"`` and an abstract socket name (starting with NUL), for
-        :func:`~aiomemmap.pager.client.map_file`.
 
     Raises:
         TypeError: ``engine`` is neither.
@@ -50,7 +48,7 @@ def pager_address(engine: Engine | EngineThread) -> str:
             engine has not run on a loop yet.
 
     Locking:
-        Takes a module lock while it starts a pager (on the engine's loop).
+        Takes a module lock to find or create the engine's pager.
     """
     if isinstance(engine, EngineThread):
         target, loop = engine.engine, engine.loop
@@ -80,12 +78,17 @@ def pager_address(engine: Engine | EngineThread) -> str:
             "thread (asyncio.to_thread)"
         )
     with _lock:
+        for closed in [e for e in _pagers if e.closed]:
+            del _pagers[closed]
         pager = _pagers.get(target)
         if pager is None:
-            pager = Pager(
-                target, socket_path=f"\0aiomemmap-{os.getpid()}-{id(target):x}"
-            )
-            future = asyncio.run_coroutine_threadsafe(pager.start(), loop)
-            future.result(_START_TIMEOUT)
-            _pagers[target] = pager
-    return pager.address
+            pager = _pagers[target] = Pager(target)
+    client, served = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        served.setblocking(False)
+        loop.call_soon_threadsafe(pager.attach, served)
+    except BaseException:
+        client.close()
+        served.close()
+        raise
+    return client

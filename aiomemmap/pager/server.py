@@ -332,15 +332,18 @@ class Pager:
             with contextlib.suppress(BaseException):
                 await self._accept_task
             self._accept_task = None
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-            self._remove_socket()
+        self._stop_listening()
         tasks = list(self._connections)
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _stop_listening(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            self._remove_socket()
 
     def _remove_socket(self) -> None:
         if self._socket_path is not None and not self._socket_path.startswith("\0"):
@@ -384,20 +387,46 @@ class Pager:
     # ------------------------------------------------------------------
     # Connections
 
+    def attach(self, conn: socket.socket) -> None:
+        """Serve a client already connected on ``conn``, as if it had connected.
+
+        For a client in this very process (one end of a socket pair): the
+        pager need not listen. The same checks apply as to any client.
+
+        Args:
+            conn: A connected ``SOCK_SEQPACKET`` Unix socket; the pager owns
+                it from now on.
+
+        Raises:
+            WrongLoopError: The pager runs on another loop.
+            RuntimeError: No loop is running (call it on the pager's loop).
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop, self._thread = loop, threading.get_ident()
+        elif self._loop is not loop:
+            conn.close()
+            raise WrongLoopError(f"{self!r} runs on another event loop")
+        conn.setblocking(False)
+        task = loop.create_task(self._connection(conn))
+        self._connections.add(task)
+        task.add_done_callback(self._connections.discard)
+
     async def _accept_loop(self) -> None:
         assert self._listener is not None and self._loop is not None
         listener, loop = self._listener, self._loop
-        while True:
-            try:
-                conn, _ = await loop.sock_accept(listener)
-            except OSError:
-                # Out of descriptors and the like: let clients retry later.
-                await asyncio.sleep(0.05)
-                continue
-            conn.setblocking(False)
-            task = loop.create_task(self._connection(conn))
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
+        try:
+            while True:
+                try:
+                    conn, _ = await loop.sock_accept(listener)
+                except OSError:
+                    # Out of descriptors and the like: let clients retry later.
+                    await asyncio.sleep(0.05)
+                    continue
+                self.attach(conn)
+        finally:
+            # Also when the loop shuts down without aclose().
+            self._stop_listening()
 
     async def _connection(self, conn: socket.socket) -> None:
         """Serve one client from its handshake to its end; release everything."""
@@ -423,7 +452,9 @@ class Pager:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            await finish_shielded(self._release(conn, session, held))
+            # At once, before any await: even a loop shutting down closes it.
+            conn.close()
+            await finish_shielded(self._release(session, held))
 
     async def _handshake(
         self,
@@ -547,11 +578,9 @@ class Pager:
 
     async def _release(
         self,
-        conn: socket.socket,
         session: Session | None,
         held: list[tuple[CachedFile, FilePages]],
     ) -> None:
-        conn.close()
         if session is not None:
             self._sessions.discard(session)
             await session.aclose()
