@@ -6,20 +6,35 @@ rounded up to pages and sealed against growing, shrinking and further
 seals, so that no client can change its size under the others. The pager
 installs pages with ``UFFDIO_COPY`` only; it never writes or reads the memfd
 through a mapping of its own.
+
+A ``FilePages`` is also a :class:`~aiomemmap.MappingSpace` of its cached
+file, mapping the whole file at addresses equal to the offsets: when the
+cached file invalidates offsets (a truncation, a revalidation that found the
+object changed, an eviction under the cache budget), it first *revokes*
+them (a new generation, which an installation in flight checks before it
+copies) and then punches them out of the memfd, which unmaps them from
+every client; each client's next touch faults again and gets the current
+bytes. The copy of the pages that clients map therefore never outlives the
+cache's: it is bound by the same budget.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+from collections import deque
 from typing import Final, final
 
 from aiomemmap._core.errors import ClosedError
+from aiomemmap._core.host import punch_hole
 from aiomemmap._core.pages import page_round_up
+from aiomemmap._core.ranges import AddrRange
+from aiomemmap.memmap.interfaces import InvalidateOpts
 
 __all__ = ["FilePages"]
 
 _SEALS: Final = fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+_LOG_LENGTH: Final = 64
 
 
 @final
@@ -38,7 +53,7 @@ class FilePages:
         Task-compatible: used on the pager's loop only.
     """
 
-    __slots__ = ("_fd", "length", "size", "users")
+    __slots__ = ("__weakref__", "_fd", "_log", "generation", "length", "size", "users")
 
     def __init__(self, name: str, size: int) -> None:
         if type(size) is not int or size <= 0:
@@ -46,6 +61,9 @@ class FilePages:
         self.size = size
         self.length = page_round_up(size)
         self.users = 0
+        self.generation = 0
+        """Bumped by every invalidation, before its punch."""
+        self._log: deque[tuple[int, int, int]] = deque(maxlen=_LOG_LENGTH)
         fd = os.memfd_create(name[:200], os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, self.length)
@@ -78,6 +96,39 @@ class FilePages:
         if self._fd < 0:
             return 0
         return os.fstat(self._fd).st_blocks * 512
+
+    def changed_since(self, generation: int, start: int, end: int) -> bool:
+        """Return whether ``[start, end)`` was invalidated after ``generation``.
+
+        Bytes read for those offsets before the invalidation may be stale
+        and must be read again before they are installed. When the record
+        does not reach back that far, the answer is yes.
+        """
+        if generation == self.generation:
+            return False
+        if not self._log or self._log[0][0] > generation + 1:
+            return True
+        return any(
+            gen > generation and a < end and start < b for gen, a, b in self._log
+        )
+
+    async def invalidate(self, ar: AddrRange, opts: InvalidateOpts) -> None:
+        """Revoke, then punch out, the pages at offsets ``ar`` (a ``MappingSpace``).
+
+        Every client's mapping of them is zapped by the punch: the next
+        touch faults and is served anew. Poison markers stay (a later
+        successful installation replaces them).
+
+        Locking:
+            Takes no lock; never awaits, so the revoke and the punch are one
+            step on the loop.
+        """
+        start, end = ar.start, min(ar.end, self.length)
+        if start >= end or self._fd < 0:
+            return
+        self.generation += 1
+        self._log.append((self.generation, start, end))
+        punch_hole(self._fd, start, end - start)
 
     def close(self) -> None:
         """Close the pager's descriptor; the pages go once clients unmap them."""

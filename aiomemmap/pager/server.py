@@ -44,6 +44,7 @@ from aiomemmap._core.fdpass import (
     recv_message_async,
     send_message_async,
 )
+from aiomemmap._core.ranges import AddrRange
 from aiomemmap._core.uffd import Userfaultfd
 from aiomemmap.engine.engine import Engine
 from aiomemmap.mappables.cached_file import CachedFile
@@ -68,6 +69,11 @@ __all__ = ["Pager", "PagerStatistics"]
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 30.0
 _SOCKET_NAME: Final = "pager.sock"
 _DRAIN_SECONDS: Final = 1.0
+
+
+def _whole(pages: FilePages) -> AddrRange:
+    """The addresses at which a file's pages map it: its offsets."""
+    return AddrRange(0, pages.length)
 
 
 def _check_mapped(pid: int, start: int, length: int, memfd: int) -> None:
@@ -135,6 +141,9 @@ class PagerStatistics:
         duplicates: Pages found already present, woken instead.
         retries: Copies retried after ``EAGAIN``.
         poisoned: Pages poisoned because their bytes could not be read.
+        rereads: Chunks read again because an invalidation raced the read.
+        invalidations: Invalidations of the files' pages (each revoked and
+            punched out of every client).
 
     Concurrency:
         Immutable.
@@ -153,6 +162,8 @@ class PagerStatistics:
     duplicates: int
     retries: int
     poisoned: int
+    rereads: int
+    invalidations: int
 
 
 @final
@@ -195,6 +206,7 @@ class Pager:
         "_files",
         "_handshake_timeout",
         "_initial",
+        "_invalidations",
         "_listener",
         "_loop",
         "_maximum",
@@ -243,6 +255,7 @@ class Pager:
         self._counters = SessionCounters()
         self._served = 0
         self._refused = 0
+        self._invalidations = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
 
@@ -382,6 +395,9 @@ class Pager:
             duplicates=totals.duplicates,
             retries=totals.retries,
             poisoned=totals.poisoned,
+            rereads=totals.rereads,
+            invalidations=self._invalidations
+            + sum(p.generation for _, p in self._files.values()),
         )
 
     # ------------------------------------------------------------------
@@ -470,11 +486,10 @@ class Pager:
             assert size is not None  # open_file learnt it.
             if size == 0:
                 raise ValueError(f"{request.url!r} is empty: there is nothing to map")
-            pages = self._pages_for(cached_file, creds.uid, request.url, size)
+            pages = await self._pages_for(cached_file, creds.uid, request.url, size)
         except BaseException:
             await self._engine.close_file(cached_file)
             raise
-        pages.users += 1
         held.append((cached_file, pages))
         reply = {
             "ok": True,
@@ -515,17 +530,41 @@ class Pager:
             client_pid=creds.pid,
         )
 
-    def _pages_for(
+    async def _pages_for(
         self, cached_file: CachedFile, uid: int, url: str, size: int
     ) -> FilePages:
+        """The file's pages for clients of ``uid``, with one more user."""
         key = (id(cached_file), uid)
         found = self._files.get(key)
         if found is not None and found[0] is cached_file and found[1].size == size:
+            found[1].users += 1
             return found[1]
         pages = FilePages(f"aiomemmap:{url[-160:]}", size)
+        pages.users += 1
         if found is None:
             self._files[key] = (cached_file, pages)
+        try:
+            # Told of every invalidation of the file from now on.
+            await cached_file.add_mapping(pages, _whole(pages), 0, False)
+        except BaseException:
+            await self._drop_user(cached_file, pages, mapped=False)
+            raise
         return pages
+
+    async def _drop_user(
+        self, cached_file: CachedFile, pages: FilePages, *, mapped: bool = True
+    ) -> None:
+        pages.users -= 1
+        if pages.users > 0:
+            return
+        key = next((k for k, v in self._files.items() if v[1] is pages), None)
+        if key is not None:
+            del self._files[key]
+        if mapped:
+            with contextlib.suppress(Exception):
+                await cached_file.remove_mapping(pages, _whole(pages), 0, False)
+        self._invalidations += pages.generation
+        pages.close()
 
     @staticmethod
     async def _wait_for_end(conn: socket.socket, session: Session) -> None:
@@ -586,11 +625,6 @@ class Pager:
             await session.aclose()
             self._counters.add(session.counters)
         for cached_file, pages in held:
-            pages.users -= 1
-            if pages.users == 0:
-                pages.close()
-                key = next((k for k, v in self._files.items() if v[1] is pages), None)
-                if key is not None:
-                    del self._files[key]
+            await self._drop_user(cached_file, pages)
             with contextlib.suppress(Exception):
                 await self._engine.close_file(cached_file)

@@ -45,6 +45,9 @@ RETRY_DELAY: Final = 0.0002
 """First wait before retrying a copy refused with ``EAGAIN`` (seconds)."""
 _MAX_RETRY_DELAY: Final = 0.01
 _BATCH: Final = 64
+_MAX_READS: Final = 16
+"""Reads of one chunk before its bytes are installed despite invalidations
+racing every read (only evictions, which change no byte, race that often)."""
 
 
 @dataclass(slots=True)
@@ -60,6 +63,7 @@ class SessionCounters:
         duplicates: Pages found already present (``EEXIST``), then woken.
         retries: Copies retried after ``EAGAIN``.
         poisoned: Pages poisoned because their bytes could not be read.
+        rereads: Chunks read again because an invalidation raced the read.
     """
 
     faults: int = 0
@@ -69,6 +73,7 @@ class SessionCounters:
     duplicates: int = 0
     retries: int = 0
     poisoned: int = 0
+    rereads: int = 0
 
     def add(self, other: SessionCounters) -> None:
         """Add ``other``'s counts to these."""
@@ -239,8 +244,15 @@ class Session:
     async def _resolve(self, start: int, chunk: _Chunk) -> None:
         try:
             want = min(chunk.end, self._pages.size) - start
+            data = b""
             try:
-                data = await self._cached_file.read(start, want)
+                for _ in range(_MAX_READS):
+                    generation = self._pages.generation
+                    data = await self._cached_file.read(start, want)
+                    # Invalidated while read: those bytes may be stale.
+                    if not self._pages.changed_since(generation, start, chunk.end):
+                        break
+                    self.counters.rereads += 1
                 if len(data) != want:
                     raise BusError(
                         EOFError(
