@@ -18,7 +18,7 @@ import aiohttp
 import multidict
 import yarl
 
-from aiomemmap._core.errors import ClosedError, StaleVersionError
+from aiomemmap._core.errors import ClosedError, StaleVersionError, WrongLoopError
 from aiomemmap._core.pages import is_int
 from aiomemmap.backings.base import (
     check_offset,
@@ -36,6 +36,12 @@ _NOT_FOUND_STATUSES: Final[frozenset[int]] = frozenset({404, 410})
 _FORBIDDEN_STATUSES: Final[frozenset[int]] = frozenset({401, 403})
 # Statuses a server uses to refuse HEAD; the size is then asked with a GET.
 _HEAD_REFUSED_STATUSES: Final[frozenset[int]] = frozenset({405, 501})
+# What to do about a backing used from another event loop.
+_LOOP_ADVICE: Final[str] = (
+    "An HttpBacking's connections belong to the loop of its first call: open "
+    "one backing per event loop, or read through aiomemmap.open() or an "
+    "EngineThread, whose loop outlives each caller's."
+)
 # The default bound, in seconds, on each wait for the server.
 _DEFAULT_TIMEOUT: Final[float] = 60.0
 
@@ -221,7 +227,8 @@ class HttpBacking:
     ``connections`` connections, created on the first call and bound to the
     running loop of that call; :meth:`aclose` closes it. A caller-supplied
     session is used as is and never closed. Either way the backing is bound
-    to the loop of its first call and raises ``RuntimeError`` from any other.
+    to the loop of its first call and raises ``WrongLoopError`` (a
+    ``RuntimeError``) from any other.
 
     Attributes:
         readonly: Always ``True``.
@@ -312,7 +319,7 @@ class HttpBacking:
 
         Raises:
             ClosedError: The backing was closed.
-            RuntimeError: The backing is bound to another event loop.
+            WrongLoopError: The backing is bound to another event loop.
         """
         if self._closed:
             raise ClosedError(f"{self!r} is closed")
@@ -320,10 +327,7 @@ class HttpBacking:
         if self._loop is None:
             self._loop = loop
         elif self._loop is not loop:
-            raise RuntimeError(
-                f"{self!r} is bound to another event loop: its HTTP session "
-                "can only be used from the loop it was first used on"
-            )
+            raise WrongLoopError.between(repr(self), self._loop, loop, _LOOP_ADVICE)
         session = self._session
         if session is None:
             connector = aiohttp.TCPConnector(limit=self._connections)
@@ -464,7 +468,7 @@ class HttpBacking:
             TimeoutError: The server did not answer within ``timeout``.
             OSError: The server reports no size, or the connection failed.
             ClosedError: The backing was closed.
-            RuntimeError: Called from another event loop than the first call.
+            WrongLoopError: Called from another event loop than the first call.
         """
         size = self._answered_size
         if size is not None:
@@ -488,7 +492,7 @@ class HttpBacking:
             TimeoutError: The server did not answer within ``timeout``.
             OSError: The connection failed.
             ClosedError: The backing was closed.
-            RuntimeError: Called from another event loop than the first call.
+            WrongLoopError: Called from another event loop than the first call.
         """
         size, pin = await self._probe()
         self._set_pin(pin)
@@ -519,7 +523,7 @@ class HttpBacking:
                 or ignored ``Range`` for a read not at offset 0; other
                 connection failures.
             ClosedError: The backing was closed.
-            RuntimeError: Called from another event loop than the first call.
+            WrongLoopError: Called from another event loop than the first call.
 
         Cancellation:
             The response is closed with its connection, which is therefore
@@ -844,17 +848,25 @@ class HttpBacking:
         A caller-supplied session is left open.
 
         Raises:
-            RuntimeError: Called from another event loop than the one the
-                owned session lives on (the backing stays open).
+            WrongLoopError: Called from another event loop than the one the
+                owned session lives on, while that loop still exists (the
+                backing stays open). Once that loop is closed, closing from
+                another one just marks the backing closed.
         """
         if self._closed:
             return
         session = self._session
         if self._owns_session and session is not None:
-            if self._loop is not None and self._loop is not asyncio.get_running_loop():
-                raise RuntimeError(
-                    f"{self!r} must be closed on the event loop it was used on"
-                )
+            bound, loop = self._loop, asyncio.get_running_loop()
+            if bound is not None and bound is not loop:
+                if not bound.is_closed():
+                    raise WrongLoopError.between(repr(self), bound, loop, _LOOP_ADVICE)
+                # Its loop has ended, and with it every connection: there is
+                # nothing left to close on it.
+                self._closed = True
+                self._session = None
+                self._wire = None
+                return
             self._closed = True
             self._session = None
             wire, self._wire = self._wire, None

@@ -370,7 +370,7 @@ class Fetcher:
                     # spaces that mapped the old one were told).
                     while self._held is not None:
                         await self._held.wait()
-                raise BusError(fetch.error)
+                raise BusError(fetch.error) from fetch.error
 
     @contextlib.contextmanager
     def writing_through(self, start: int, end: int) -> Iterator[None]:
