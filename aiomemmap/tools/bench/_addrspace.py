@@ -1,4 +1,4 @@
-"""Benchmarks of the address-space layer (rows P1, P2, P5 and P5b)."""
+"""Benchmarks of the address-space layer (rows P1, P2, P5, P5b and P5c)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import time
 
 from aiomemmap._core.access import AccessType
 from aiomemmap._core.pages import PAGE_SIZE
+from aiomemmap._core.ranges import AddrRange
 from aiomemmap.mappables.shared_memory import SharedMemory
-from aiomemmap.memmap.interfaces import MMapOpts
+from aiomemmap.memmap.interfaces import InvalidateOpts, MMapOpts
 from aiomemmap.mm.address_space import AddressSpace
 from aiomemmap.pgalloc.memory_file import MemoryFile
 from aiomemmap.tools.bench import BenchRow, measure_async_rate, measure_rate, register
@@ -183,9 +184,6 @@ async def _direct_invalidate_cost(
     shm: SharedMemory, spaces: list[AddressSpace]
 ) -> float:
     """Microseconds per invalidate() awaited directly on each space in turn."""
-    from aiomemmap._core.ranges import AddrRange
-    from aiomemmap.memmap.interfaces import InvalidateOpts
-
     opts = InvalidateOpts(invalidate_private=True)
     costs = []
     await shm.truncate(PAGE_SIZE)
@@ -249,4 +247,105 @@ async def truncate_fan_out() -> list[BenchRow]:
             "unrelated spaces add <= 20%",
             crowded <= alone * 1.2,
         ),
+    ]
+
+
+# P5c: every space maps the whole file and has faulted all of it (one pma per
+# space); the file is then cut to a size inside its third page, not page
+# aligned, so every space keeps its first pages and drops the rest.
+_P5C_PAGES = 4
+_P5C_CUT = 2 * PAGE_SIZE + 100
+_P5C_KEEP = 3 * PAGE_SIZE
+
+
+async def _fault_whole_file(shm: SharedMemory, spaces: list[AddressSpace]) -> None:
+    """Give every space one pma over the whole file, made afresh."""
+    await shm.truncate(0)
+    await shm.truncate(_P5C_PAGES * PAGE_SIZE)
+    for asp in spaces:
+        await asp.handle_fault(asp.layout.bottom_up_base, AccessType.READ)
+    if any(asp.statistics().pmas != 1 for asp in spaces):
+        raise AssertionError("a space's pages are not one pma")
+
+
+async def _partial_truncate_cost(
+    shm: SharedMemory, spaces: list[AddressSpace], repeats: int = 3
+) -> float:
+    """Return the median microseconds per delivered invalidation of a cut."""
+    costs = []
+    for _ in range(repeats):
+        await _fault_whole_file(shm, spaces)
+        gc.collect()
+        t0 = time.perf_counter()
+        await shm.truncate(_P5C_CUT)
+        elapsed = time.perf_counter() - t0
+        costs.append(elapsed / len(spaces) * 1e6)
+        if any(asp.statistics().rss != _P5C_KEEP for asp in spaces):
+            raise AssertionError("the cut left the wrong pages mapped")
+    return statistics.median(costs)
+
+
+async def _partial_direct_cost(
+    shm: SharedMemory, spaces: list[AddressSpace], repeats: int = 3
+) -> float:
+    """Microseconds per partial invalidate() awaited on each space in turn."""
+    opts = InvalidateOpts(invalidate_private=True)
+    costs = []
+    for _ in range(repeats):
+        await _fault_whole_file(shm, spaces)
+        ranges = [
+            AddrRange(
+                asp.layout.bottom_up_base + _P5C_KEEP,
+                asp.layout.bottom_up_base + _P5C_PAGES * PAGE_SIZE,
+            )
+            for asp in spaces
+        ]
+        gc.collect()
+        t0 = time.perf_counter()
+        for asp, ar in zip(spaces, ranges, strict=True):
+            await asp.invalidate(ar, opts)
+        costs.append((time.perf_counter() - t0) / len(spaces) * 1e6)
+    return statistics.median(costs)
+
+
+@register("P5c")
+async def partial_truncate_fan_out() -> list[BenchRow]:
+    """Cut a file mapped by 10,000 spaces through every space's mapped pages."""
+    count = 10_000
+    size = _P5C_PAGES * PAGE_SIZE
+    with MemoryFile("bench-p5c") as mf:
+        target = SharedMemory(mf, size, name="target")
+        spaces = []
+        try:
+            for _ in range(count):
+                asp = AddressSpace(mf)
+                spaces.append(asp)
+                await asp.mmap(
+                    MMapOpts(
+                        length=size,
+                        mappable=target,
+                        mapping_identity=target,
+                        perms=AccessType.READ,
+                        max_perms=AccessType.READ,
+                    )
+                )
+            cut = await _partial_truncate_cost(target, spaces)
+            direct = await _partial_direct_cost(target, spaces)
+        finally:
+            for asp in spaces:
+                await asp.aclose()
+            await target.aclose()
+    return [
+        BenchRow(
+            "P5c",
+            "truncate through every space's mapped pages (10,000 spaces), "
+            "per invalidation",
+            "us",
+            cut,
+            direct,
+            "awaiting each space's invalidate() of the cut pages in turn",
+            direct / cut,
+            "<= 10 us per delivered invalidation",
+            cut <= 10.0,
+        )
     ]
