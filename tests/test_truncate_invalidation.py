@@ -190,3 +190,48 @@ async def test_invalidating_part_of_a_pma_keeps_the_rest(
         await asp.aclose()
         await shm.aclose()
         assert mf.statistics().used_bytes == 0
+
+
+@pytest.mark.parametrize("invalidate_private", [False, True])
+async def test_private_copies_are_trimmed_only_when_asked(
+    mf: MemoryFile, invalidate_private: bool
+) -> None:
+    with anyio.fail_after(30):
+        shm = await _file(mf)
+        asp = await _space(mf, shm, private=True)
+        await asp.copy_out(BASE, b"mine")
+        assert asp.statistics().pmas == 1
+        await asp.invalidate(
+            AddrRange(BASE + 2 * P, BASE + PAGES * P),
+            InvalidateOpts(invalidate_private=invalidate_private),
+        )
+        check_mirror(asp)
+        kept = 2 * P if invalidate_private else PAGES * P
+        assert asp.statistics().rss == kept
+        assert await asp.copy_in(BASE, 2 * P) == b"mine" + DATA[4 : 2 * P]
+        # Faulted again, the dropped pages are the file's (the copy is gone).
+        assert await asp.copy_in(BASE + 2 * P, 2 * P) == DATA[2 * P :]
+        check_mirror(asp)
+        await asp.aclose()
+        await shm.aclose()
+        assert mf.statistics().used_bytes == 0
+
+
+async def test_an_invalidation_that_overlaps_no_pma_changes_nothing(
+    mf: MemoryFile,
+) -> None:
+    with anyio.fail_after(30):
+        shm = await _file(mf)
+        asp = await _space(mf, shm, private=False)
+        await asp.invalidate(
+            AddrRange(BASE + PAGES * P, BASE + 2 * PAGES * P),
+            InvalidateOpts(invalidate_private=True),
+        )
+        await asp.invalidate(
+            AddrRange(BASE - 2 * P, BASE), InvalidateOpts(invalidate_private=True)
+        )
+        assert asp.statistics().rss == PAGES * P
+        assert asp.statistics().pmas == 1
+        check_mirror(asp)
+        await asp.aclose()
+        await shm.aclose()

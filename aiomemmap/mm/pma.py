@@ -180,6 +180,12 @@ def split_pma(start: int, end: int, pma: Pma, at: int) -> tuple[Pma, Pma]:
 
 _new_object = object.__new__
 
+# The file range last dropped from a trimmed pma. A truncation reaches every
+# space that maps the file, and each drops the same pages: the range is made
+# once, not once per space (FileRange checks its bounds when made). Ranges
+# are immutable, so the one shared slot needs no lock.
+_last_dropped: list[FileRange] = [FileRange(0, 0)]
+
 
 def _piece(pma: Pma, offset: int, blocks: BlockSeq | None) -> Pma:
     """Return a pma like ``pma`` for part of its pages, starting at ``offset``.
@@ -442,7 +448,10 @@ class PmaCache:
         segs.insert_without_merging(s0, at, kept)
         self.rss -= dropped
         off = pma.offset + n
-        pma.file.dec_ref(FileRange(off, off + dropped))
+        fr = _last_dropped[0]
+        if fr.start != off or fr.end != off + dropped:
+            fr = _last_dropped[0] = FileRange(off, off + dropped)
+        pma.file.dec_ref(fr)
 
     def _drop_head(self, seg: Segment[Pma], at: int) -> None:
         """Drop the pages of ``seg`` before ``at``; the part from ``at`` stays.
@@ -461,7 +470,11 @@ class PmaCache:
         segs.delete(seg)
         segs.insert_without_merging(at, e0, kept)
         self.rss -= n
-        pma.file.dec_ref(FileRange(pma.offset, pma.offset + n))
+        off = pma.offset
+        fr = _last_dropped[0]
+        if fr.start != off or fr.end != off + n:
+            fr = _last_dropped[0] = FileRange(off, off + n)
+        pma.file.dec_ref(fr)
 
     def move(self, old_start: int, old_end: int, new_start: int) -> None:
         """Move the pmas of ``[old_start, old_end)`` to start at ``new_start``.
