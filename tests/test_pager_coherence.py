@@ -10,8 +10,9 @@ import asyncio
 import hashlib
 
 import anyio
+import pytest
 
-from aiomemmap import Engine, Pager, map_file
+from aiomemmap import BusError, Engine, Pager, map_file
 from aiomemmap.tools.http_server import RangeHTTPServer
 
 DEADLINE = 60.0
@@ -82,3 +83,36 @@ async def test_evicted_pages_leave_every_region_and_refault() -> None:
                     assert peak <= 4 * limit, peak
                 finally:
                     region.close()
+
+
+async def test_a_poisoned_page_is_repaired_when_its_bytes_come_back() -> None:
+    data = content(8 * MiB, seed=4)
+    middle = len(data) // 2
+    with anyio.fail_after(DEADLINE):
+        async with RangeHTTPServer() as server:
+            server.add("flaky", data)
+            url = server.url("flaky")
+            async with Engine() as engine, Pager(engine) as pager:
+                cached = await engine.open_file(url)
+                server.remove("flaky")
+                region = await asyncio.to_thread(map_file, url, engine=pager.address)
+                try:
+                    with pytest.raises(BusError):
+                        await asyncio.to_thread(region.read, middle, 100)
+                    assert pager.statistics().poisoned == 1
+                    # Still poisoned: the next read fails too, without a fault.
+                    with pytest.raises(BusError):
+                        await asyncio.to_thread(region.read, middle, 100)
+                    server.add("flaky", data)  # The same bytes, the same ETag.
+                    while True:
+                        try:
+                            got = await asyncio.to_thread(region.read, middle, 100)
+                        except BusError:
+                            await asyncio.sleep(0.02)
+                            continue
+                        break
+                    assert got == data[middle : middle + 100]
+                    assert pager.statistics().repaired == 1
+                finally:
+                    region.close()
+                    await engine.close_file(cached)

@@ -36,14 +36,18 @@ itself as one contiguous range. Hence the decision:
   each other's memory.
 
 This is a second copy of the pages: the cached file keeps them in the
-engine's memory file as well, counted by the engine's budget, while the
-real-memory copy is not counted. It keeps the cached file unchanged and its
-invariants intact for this first version. The follow-up is to let a cached
-file keep its page cache in such a file-offset memfd, allocated and evicted
-under the same budget, so that the engine's cache *is* the client's memory:
-faults are then answered from pages already in place (``UFFDIO_CONTINUE``
-with minor-fault registration), and evictions and invalidations punch holes
-in the one copy, which every client refaults.
+engine's memory file as well. The real-memory copy is not counted by the
+engine's budget, but it follows it: the file's memfd is a mapping space of
+the cached file, so every page the cache evicts (or a truncation or
+revalidation drops) is punched out of it too; at most about twice the
+budget is resident. It keeps the cached file unchanged and its invariants
+intact for this first version. The follow-up is to let a cached file keep
+its page cache in such a file-offset memfd, allocated and evicted under the
+same budget, so that the engine's cache *is* the client's memory: faults
+are then answered from pages already in place (``UFFDIO_CONTINUE`` with
+minor-fault registration, and a fetch published whole as the study's rule
+M4 shows), and evictions and invalidations punch holes in the one copy,
+which every client refaults.
 
 The rules of fault service (measured in the project's pager study)
 ------------------------------------------------------------------
@@ -60,7 +64,13 @@ The rules of fault service (measured in the project's pager study)
   client has exited;
 * a page whose bytes cannot be read is poisoned (``UFFDIO_POISON``, that
   page only): a raw access gets ``SIGBUS``, a checked read ``BusError``,
-  never zeros;
+  never zeros; the pager reads it again in the background, backing off, and
+  copies the bytes over the marker once they come (punching the page out of
+  the shared memfd first if another client has it, since the marker stays
+  in this client's page table until a copy replaces it);
+* an invalidation of the cached file revokes, then punches, the pages out
+  of the shared memfd (see :mod:`~aiomemmap.pager.file_pages`): every
+  client refaults them;
 * fault service never waits for the client.
 
 A client that touches its region from the engine's own event-loop thread
@@ -70,8 +80,12 @@ would wait forever for a fault that thread must serve: checked reads refuse
 Modules: :mod:`~aiomemmap.pager.protocol` (the socket messages),
 :mod:`~aiomemmap.pager.client` (``map_file``, ``Region``; standard library
 and the core only, so a client process starts light),
-:mod:`~aiomemmap.pager.file_pages`, :mod:`~aiomemmap.pager.fault_around`,
-:mod:`~aiomemmap.pager.session` (one client's fault service) and
-:mod:`~aiomemmap.pager.server` (``Pager``). This package module imports
-none of them.
+:mod:`~aiomemmap.pager.watchdog` (a client fails fast when its engine
+dies), :mod:`~aiomemmap.pager.file_pages`,
+:mod:`~aiomemmap.pager.fault_around`, :mod:`~aiomemmap.pager.session` (one
+client's fault service), :mod:`~aiomemmap.pager.server` (``Pager``),
+:mod:`~aiomemmap.pager.in_process` (the pager of an engine of the client's
+own process) and :mod:`~aiomemmap.pager.child` (the child engine process
+that ``map_file`` starts by default). This package module imports none of
+them.
 """

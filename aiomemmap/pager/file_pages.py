@@ -123,7 +123,15 @@ class FilePages:
             Takes no lock; never awaits, so the revoke and the punch are one
             step on the loop.
         """
-        start, end = ar.start, min(ar.end, self.length)
+        self.revoke(ar.start, ar.end)
+
+    def revoke(self, start: int, end: int) -> None:
+        """Revoke, then punch out, offsets ``[start, end)`` (page-aligned).
+
+        The step of :meth:`invalidate`, for the pager's own use (to replace a
+        page some client holds poisoned while others have it).
+        """
+        end = min(end, self.length)
         if start >= end or self._fd < 0:
             return
         self.generation += 1

@@ -142,6 +142,7 @@ class PagerStatistics:
         retries: Copies retried after ``EAGAIN``.
         poisoned: Pages poisoned because their bytes could not be read.
         rereads: Chunks read again because an invalidation raced the read.
+        repaired: Poisoned pages replaced by their bytes once they came.
         invalidations: Invalidations of the files' pages (each revoked and
             punched out of every client).
 
@@ -163,6 +164,7 @@ class PagerStatistics:
     retries: int
     poisoned: int
     rereads: int
+    repaired: int
     invalidations: int
 
 
@@ -396,6 +398,7 @@ class Pager:
             retries=totals.retries,
             poisoned=totals.poisoned,
             rereads=totals.rereads,
+            repaired=totals.repaired,
             invalidations=self._invalidations
             + sum(p.generation for _, p in self._files.values()),
         )

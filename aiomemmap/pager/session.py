@@ -44,6 +44,9 @@ __all__ = ["Session", "SessionCounters"]
 RETRY_DELAY: Final = 0.0002
 """First wait before retrying a copy refused with ``EAGAIN`` (seconds)."""
 _MAX_RETRY_DELAY: Final = 0.01
+REPAIR_FIRST_DELAY: Final = 0.05
+"""First wait before a poisoned page is read again (seconds); it doubles."""
+REPAIR_MAX_DELAY: Final = 5.0
 _BATCH: Final = 64
 _MAX_READS: Final = 16
 """Reads of one chunk before its bytes are installed despite invalidations
@@ -64,6 +67,7 @@ class SessionCounters:
         retries: Copies retried after ``EAGAIN``.
         poisoned: Pages poisoned because their bytes could not be read.
         rereads: Chunks read again because an invalidation raced the read.
+        repaired: Poisoned pages replaced by their bytes once they came.
     """
 
     faults: int = 0
@@ -74,6 +78,7 @@ class SessionCounters:
     retries: int = 0
     poisoned: int = 0
     rereads: int = 0
+    repaired: int = 0
 
     def add(self, other: SessionCounters) -> None:
         """Add ``other``'s counts to these."""
@@ -110,6 +115,7 @@ class Session:
         "_loop",
         "_pages",
         "_policy",
+        "_repair",
         "_tasks",
         "_uffd",
         "client_pid",
@@ -147,6 +153,7 @@ class Session:
         self._in_flight: dict[int, _Chunk] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._repair: asyncio.Task[None] | None = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -276,6 +283,7 @@ class Session:
     async def _install(self, start: int, data: bytes) -> bool:
         """Copy ``data`` to the region at ``start``; False if the session ended."""
         done, total, delay = 0, len(data), RETRY_DELAY
+        punched: set[int] = set()
         with buffer_address(data) as (src, _):
             while done < total:
                 dst = self.start + start + done
@@ -292,6 +300,14 @@ class Session:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _MAX_RETRY_DELAY)
                 except UffdExists:
+                    page = start + done
+                    if page in self.poisoned and page not in punched:
+                        # This client holds the page poisoned while another
+                        # installed it: take it out of the shared pages
+                        # (whoever maps it refaults), then install it here.
+                        punched.add(page)
+                        self._pages.revoke(page, page + PAGE_SIZE)
+                        continue
                     self.counters.duplicates += 1
                     if not self._wake(dst):
                         return False
@@ -330,7 +346,41 @@ class Session:
                 return False
             self.counters.poisoned += 1
             self.poisoned.add(page)
+            self._start_repair()
             return True
+
+    # ------------------------------------------------------------------
+    # Repairing poisoned pages
+
+    def _start_repair(self) -> None:
+        if self._repair is not None and not self._repair.done():
+            return
+        task = asyncio.get_running_loop().create_task(self._repair_poisoned())
+        self._repair = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _repair_poisoned(self) -> None:
+        """Read poisoned pages again, backing off; install those that come."""
+        delay = REPAIR_FIRST_DELAY
+        while self.poisoned and not self.finished.is_set():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REPAIR_MAX_DELAY)
+            for page in sorted(self.poisoned):
+                want = min(page + PAGE_SIZE, self._pages.size) - page
+                generation = self._pages.generation
+                try:
+                    data = await self._cached_file.read(page, want)
+                except Exception:  # Still failing: try again later.
+                    continue
+                stale = self._pages.changed_since(generation, page, page + PAGE_SIZE)
+                if len(data) != want or stale or page not in self.poisoned:
+                    continue
+                if len(data) < PAGE_SIZE:
+                    data += bytes(PAGE_SIZE - len(data))
+                if not await self._install(page, data):
+                    return
+                self.counters.repaired += 1
 
     def _wake(self, address: int) -> bool:
         try:
