@@ -450,3 +450,32 @@ async def test_when_the_engine_dies_a_blocked_client_fails_fast(mode: str) -> No
             else:
                 assert client.returncode == -signal.SIGBUS, err.decode()
                 assert b"Bus error" in err
+
+
+def test_a_forked_child_does_not_inherit_the_region(tmp_path: Path) -> None:
+    data = content(64 * 1024, seed=12)
+    path = tmp_path / "fork.bin"
+    path.write_bytes(data)
+    with Engine.start_thread() as engine_thread:
+        region = map_file(str(path), engine=engine_thread)
+        try:
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # The child: report whether the mapping is there.
+                import ctypes
+
+                libc = ctypes.CDLL(None, use_errno=True)
+                vec = ctypes.create_string_buffer(16)
+                mapped = libc.mincore(
+                    ctypes.c_void_p(region.address), ctypes.c_size_t(4096), vec
+                )
+                os.write(w, b"absent" if mapped != 0 else b"present")
+                os._exit(0)
+            os.close(w)
+            _, status = os.waitpid(pid, 0)
+            assert status == 0
+            assert os.read(r, 16) == b"absent"
+            os.close(r)
+            assert region.read(0, 10) == data[:10]
+        finally:
+            region.close()

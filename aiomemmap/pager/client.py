@@ -131,6 +131,8 @@ class Region(mmap.mmap):
     ``faulthandler`` traceback), while :meth:`read` and :meth:`readinto`
     raise :class:`~aiomemmap.BusError`.
 
+    A child process made by ``fork()`` does not inherit the mapping.
+
     Create one with :func:`map_file`. Close it (or use it as a context
     manager) to unmap it and let the pager free what it holds for it;
     closing fails with ``BufferError`` while buffers exported from it
@@ -161,6 +163,10 @@ class Region(mmap.mmap):
         )
         with buffer_address(region) as (address, _):
             region._address = address
+        # A child made by fork() would get the mapping without the
+        # registration: its reads of untouched pages would fill the shared
+        # memfd with zeros. It gets no mapping at all instead.
+        region.madvise(mmap.MADV_DONTFORK)
         region._size = reply.size
         region._length = reply.length
         region._pager_pid = pager_pid
