@@ -15,8 +15,8 @@ from aiomemmap.tools.bench._served import ServedFiles, ServerCounts, serve_paylo
 
 MiB = 1 << 20
 
-SCAN_ROWS = ["P3", "P3b", "P3m", "P3o", "P3f"]
-CONCURRENT_ROWS = ["P3c", "P3cb", "P3cm", "P3co", "P3cf"]
+SCAN_ROWS = ["P3", "P3b", "P3m", "P3l", "P3o", "P3f"]
+CONCURRENT_ROWS = ["P3c", "P3cb", "P3cm", "P3cl", "P3co", "P3cf"]
 RANDOM_ROWS = ["P4", "P4b", "P4c", "P4r", "P4o", "P4f"]
 FSSPEC_CACHE_TYPES = ["readahead", "blockcache", "bytes", "background", "adaptive"]
 
@@ -99,7 +99,19 @@ def test_remote_rows_run_against_a_served_process(tmp_path):
         assert row["ours"] > 0
         assert row["baseline"] > 0
         assert row["ratio"] > 0
-    for target in ("P3", "P3b", "P3m", "P3c", "P3cb", "P3cm", "P4", "P4b", "P4c"):
+    for target in (
+        "P3",
+        "P3b",
+        "P3m",
+        "P3l",
+        "P3c",
+        "P3cb",
+        "P3cm",
+        "P3cl",
+        "P4",
+        "P4b",
+        "P4c",
+    ):
         (row,) = by_id[target]
         assert row["met"] is not None
         assert row["target"]
@@ -121,6 +133,11 @@ def test_remote_rows_run_against_a_served_process(tmp_path):
     (p3m,) = by_id["P3m"]
     # One HEAD, then one range of up to 8 MiB.
     assert counts(str(p3m["baseline_name"])) == (2, 4.0)
+    # The landing floor: one whole GET per file, every byte landed.
+    (p3l,) = by_id["P3l"]
+    assert counts(str(p3l["baseline_name"])) == (1, 4.0)
+    (p3cl,) = by_id["P3cl"]
+    assert counts(str(p3cl["baseline_name"])) == (4, 4.0)
     (p3c,) = by_id["P3c"]
     requests, mib = counts(str(p3c["name"]))
     assert requests >= 4

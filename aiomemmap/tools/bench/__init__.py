@@ -171,10 +171,18 @@ def run_benchmarks(only: Iterable[str] | None = None) -> list[BenchRow]:
     return uvloop.run(main())
 
 
-def _row_order(row: BenchRow) -> tuple[bool, int, str]:
-    """Micro-benchmarks (M) first, then the targets (P), by number then suffix."""
-    digits = "".join(c for c in row.id[1:] if c.isdigit())
-    return (row.id[0] != "M", int(digits or 0), row.id)
+def _row_order(row: BenchRow) -> tuple[bool, int]:
+    """Micro-benchmarks (M) first, then the targets (P), by number.
+
+    The sort is stable: rows of one number keep the order their benchmark
+    gave them (P3's rows, then P3c's, each with its target rows first).
+    """
+    digits = ""
+    for c in row.id[1:]:
+        if not c.isdigit():
+            break
+        digits += c
+    return (row.id[0] != "M", int(digits or 0))
 
 
 def _fmt(x: float) -> str:

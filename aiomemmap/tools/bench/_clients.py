@@ -103,6 +103,35 @@ async def whole_get(urls: Sequence[str]) -> int:
         return sum(await asyncio.gather(*(one(session, u) for u in urls)))
 
 
+async def whole_get_landed(urls: Sequence[str]) -> int:
+    """GET each of ``urls`` whole, landing its body in a memfd of its own.
+
+    The floor for any client that keeps what it reads in memfd pages, as a
+    page cache does: one stream per file, each piece of the answer written
+    with ``os.pwrite`` as it arrives, the memfds closed (their pages freed)
+    at the end. What it costs over :func:`whole_get` is what holding the
+    bytes costs: allocating, filling and freeing the pages.
+
+    Returns:
+        The bytes landed.
+    """
+
+    async def one(session: aiohttp.ClientSession, url: str) -> int:
+        fd = os.memfd_create("whole-get-landed")
+        try:
+            pos = 0
+            async with session.get(url) as resp:
+                resp.raise_for_status()
+                async for chunk in resp.content.iter_any():
+                    pos += os.pwrite(fd, chunk, pos)
+            return pos
+        finally:
+            os.close(fd)
+
+    async with aiohttp.ClientSession() as session:
+        return sum(await asyncio.gather(*(one(session, u) for u in urls)))
+
+
 async def range_fetch(urls: Sequence[str]) -> int:
     """Land each of ``urls`` in a memfd of its own with parallel range GETs.
 

@@ -17,11 +17,15 @@ scans, a page for the random reads). The rows, with their targets:
 
 * P3: one file of :data:`SCAN_BYTES`, scanned in 1 MiB reads. P3 against one
   whole-file GET (>= 0.8x), P3b against fsspec's best cache type (>= 2x),
-  P3m against the minimal range fetcher (>= 1x); P3o (obstore, streaming
+  P3m against the minimal range fetcher (>= 1x), P3l against the landing
+  floor (>= 0.9x: one whole GET that writes its body into memfd pages, which
+  is what any client that holds the bytes in memfd pages pays at least, and
+  shows whether P3's 0.8x of a GET that keeps nothing can be reached at all
+  on this machine); P3o (obstore, streaming
   the object whole, its own best way to scan) and P3f (each fsspec cache
   type) for information.
 * P3c: four files of a quarter of that, scanned at once by four readers:
-  P3c, P3cb, P3cm, P3co and P3cf as for P3, against four concurrent GETs,
+  P3c, P3cb, P3cm, P3cl, P3co and P3cf as for P3, against four concurrent GETs,
   fsspec with four threads, the fetcher over the four files and obstore
   streaming the four objects.
 * P4: :data:`RANDOM_READS` page reads at seeded page offsets of a file of
@@ -84,6 +88,7 @@ FSSPEC_RANDOM_BLOCK: Final[int] = PAGE_SIZE
 
 _OURS: Final[str] = "ours"
 _GET: Final[str] = "get"
+_LANDED: Final[str] = "landed"
 _FETCH: Final[str] = "fetch"
 _RAW: Final[str] = "raw"
 _OBSTORE: Final[str] = "obstore"
@@ -302,6 +307,15 @@ def _scan_rows(
             ),
             at_least=1.0,
         ),
+        same(
+            f"{prefix}l",
+            base=runs[_LANDED],
+            base_name=(
+                f"the landing floor: aiohttp whole GET{per_file} writing each "
+                "piece into a memfd (pwrite), pages freed at the end"
+            ),
+            at_least=0.9,
+        ),
     ]
     if _OBSTORE in runs:
         rows.append(
@@ -327,6 +341,7 @@ async def _scan(names: Sequence[str], size: int) -> dict[str, _Run]:
         runners: dict[str, Client] = {
             _OURS: lambda: _ours_scan(urls, size),
             _GET: lambda: clients.whole_get(urls),
+            _LANDED: lambda: clients.whole_get_landed(urls),
             _FETCH: lambda: clients.range_fetch(urls),
         }
         if _have_obstore():
@@ -339,7 +354,7 @@ async def _scan(names: Sequence[str], size: int) -> dict[str, _Run]:
         return await _compare(served, runners, size * len(names))
 
 
-@register("P3,P3b,P3m,P3o,P3f")
+@register("P3,P3b,P3m,P3l,P3o,P3f")
 async def sequential_scan() -> list[BenchRow]:
     """P3: a cold sequential scan of one file, 1 MiB reads."""
     size = SCAN_BYTES
@@ -348,7 +363,7 @@ async def sequential_scan() -> list[BenchRow]:
     return _scan_rows("P3", what, runs, size, "")
 
 
-@register("P3c,P3cb,P3cm,P3co,P3cf")
+@register("P3c,P3cb,P3cm,P3cl,P3co,P3cf")
 async def concurrent_scans() -> list[BenchRow]:
     """P3c: four concurrent cold scans, one per file, 1 MiB reads."""
     size = SCAN_BYTES // SCAN_FILES
