@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Final, TypeVar, final
 
 from aiomemmap._core.cancel import finish_shielded
-from aiomemmap._core.errors import ClosedError
+from aiomemmap._core.errors import ClosedError, WrongLoopError
 from aiomemmap._core.pages import is_int
 from aiomemmap.engine.engine import Engine
 from aiomemmap.engine.thread import EngineThread
@@ -169,22 +169,39 @@ async def _drop_loop_engine_user(
 class _SameLoop:
     """Runs a file's calls on the caller's loop, where its engine runs."""
 
-    __slots__ = ("engine", "shared")
+    __slots__ = ("engine", "loop", "shared")
 
     def __init__(self, engine: Engine, shared: _LoopEngine | None) -> None:
         self.engine = engine
         self.shared = shared
+        self.loop = asyncio.get_running_loop()
+
+    def check_loop(self) -> None:
+        """Raise unless called on the loop the file was opened on."""
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:
+            raise WrongLoopError.between(
+                f"an AsyncRemoteFile of {self.engine!r}",
+                self.loop,
+                loop,
+                "Its engine runs on the loop it was opened on: open the file "
+                "again on this loop, or open it with engine= an EngineThread "
+                "to use it from any loop.",
+            )
 
     async def run(self, func: Callable[..., Awaitable[_T]], *args: object) -> _T:
+        self.check_loop()
         return await func(*args)
 
     async def readinto(
         self, cached_file: CachedFile, offset: int, target: memoryview
     ) -> int:
+        self.check_loop()
         # On this loop: the copy is made only if the read is not cancelled.
         return await cached_file.readinto(offset, target)
 
     async def release(self, cached_file: CachedFile) -> None:
+        self.check_loop()
         shared = self.shared
         try:
             await self.engine.close_file(cached_file)
@@ -201,6 +218,9 @@ class _OtherLoop:
 
     def __init__(self, engine_thread: EngineThread) -> None:
         self.engine_thread = engine_thread
+
+    def check_loop(self) -> None:
+        """Any loop may call: the engine thread's loop serves them all."""
 
     async def run(self, func: Callable[..., Awaitable[_T]], *args: object) -> _T:
         future = self.engine_thread.start_call(func, *args)
@@ -409,12 +429,19 @@ class AsyncRemoteFile:
     async def aclose(self) -> None:
         """Give the engine's file back; later calls do nothing.
 
+        Raises:
+            WrongLoopError: Called on another loop than the one the file was
+                opened on (unless it reads through an engine thread); the
+                file stays open.
+
         Cancellation:
             Once started, closing completes before the cancellation
             propagates.
         """
         if self._closed:
             return
+        # From another loop the file stays open, to be closed on its own.
+        self._calls.check_loop()
         self._closed = True
         await finish_shielded(self._calls.release(self._file))
 
