@@ -267,6 +267,8 @@ async def test_checked_reads_refuse_the_pagers_own_loop_thread(tmp_path: Path) -
         async with Engine() as engine, Pager(engine) as pager:
             region = await asyncio.to_thread(map_file, str(path), engine=pager.address)
             try:
+                assert region.statistics().resident_bytes == 0
+                assert region.statistics().size == len(data)
                 with pytest.raises(WrongLoopError, match="pager's own event"):
                     region.read(0, 10)
                 with pytest.raises(WrongLoopError):
@@ -275,9 +277,11 @@ async def test_checked_reads_refuse_the_pagers_own_loop_thread(tmp_path: Path) -
                 # the faults are served here.
                 got = await asyncio.to_thread(region.read, 1000, 300_000)
                 assert got == data[1000:301_000]
+                assert 300_000 <= region.statistics().resident_bytes < len(data)
                 buf = bytearray(len(data))
                 assert await asyncio.to_thread(region.readinto, 0, buf) == len(data)
                 assert bytes(buf) == data
+                assert region.statistics().resident_bytes == len(data)
                 assert region.address > 0
                 assert region.size == len(data)
                 assert region.url == str(path)
@@ -286,6 +290,8 @@ async def test_checked_reads_refuse_the_pagers_own_loop_thread(tmp_path: Path) -
             region.close()
             with pytest.raises(Exception, match="closed"):
                 await asyncio.to_thread(region.read, 0, 1)
+            with pytest.raises(Exception, match="closed"):
+                region.statistics()
             await settle(engine, pager)
 
 

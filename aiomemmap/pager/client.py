@@ -35,7 +35,8 @@ import subprocess
 import sys
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, final
 
 from aiomemmap._core.errors import BusError, ClosedError, WrongLoopError
 from aiomemmap._core.fdpass import (
@@ -44,17 +45,13 @@ from aiomemmap._core.fdpass import (
     recv_message,
     send_message,
 )
+from aiomemmap._core.pages import PAGE_SIZE
 from aiomemmap._core.uffd import (
     FEATURE_POISON,
     FEATURE_THREAD_ID,
     Userfaultfd,
     buffer_address,
 )
-
-if TYPE_CHECKING:
-    from aiomemmap.engine.engine import Engine
-    from aiomemmap.engine.thread import EngineThread
-
 from aiomemmap.pager.protocol import (
     MAX_REQUEST_BYTES,
     PROTOCOL_VERSION,
@@ -66,7 +63,11 @@ from aiomemmap.pager.protocol import (
 )
 from aiomemmap.pager.watchdog import start_watchdog
 
-__all__ = ["Region", "map_file"]
+if TYPE_CHECKING:
+    from aiomemmap.engine.engine import Engine
+    from aiomemmap.engine.thread import EngineThread
+
+__all__ = ["Region", "RegionStatistics", "map_file"]
 
 DEFAULT_CONNECT_TIMEOUT: Final = 30.0
 
@@ -86,6 +87,29 @@ _process_vm_readv.argtypes = (
     ctypes.c_ulong,
     ctypes.c_ulong,
 )
+_mincore: Final = _libc.mincore
+_mincore.restype = ctypes.c_int
+_mincore.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RegionStatistics:
+    """A snapshot of a region.
+
+    Attributes:
+        size: The file's size (the region's length).
+        resident_bytes: Bytes of the region's pages in memory now (installed
+            by the pager for this process or another client of the file),
+            which a touch reads without a fault; the rest is fetched on
+            first touch.
+
+    Concurrency:
+        Immutable.
+    """
+
+    size: int
+    resident_bytes: int
 
 
 def _checked_copy(src: int, dst: int, n: int) -> int:
@@ -195,6 +219,22 @@ class Region(mmap.mmap):
     def url(self) -> str:
         """The URL or path the region maps."""
         return self._url
+
+    def statistics(self) -> RegionStatistics:
+        """Return the region's size and how much of it is in memory now.
+
+        Raises:
+            ClosedError: The region is closed.
+        """
+        if self.closed:
+            raise ClosedError(f"Region.statistics: {self!r} is closed")
+        pages = self._length // PAGE_SIZE
+        vec = ctypes.create_string_buffer(pages)
+        if _mincore(self._address, self._length, vec) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"mincore: {os.strerror(err)}")
+        resident = sum(byte & 1 for byte in vec.raw)
+        return RegionStatistics(self._size, min(resident * PAGE_SIZE, self._size))
 
     def _check_read(self, name: str, offset: int, n: int) -> int:
         if type(offset) is not int or type(n) is not int:

@@ -121,6 +121,7 @@ class Session:
         "client_pid",
         "counters",
         "finished",
+        "last_error",
         "length",
         "poisoned",
         "reason",
@@ -150,6 +151,8 @@ class Session:
         self.finished = asyncio.Event()
         """Set when the session can serve no more (see :attr:`reason`)."""
         self.reason = ""
+        self.last_error: BaseException | None = None
+        """Why the last page was poisoned."""
         self._in_flight: dict[int, _Chunk] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -346,6 +349,7 @@ class Session:
                 return False
             self.counters.poisoned += 1
             self.poisoned.add(page)
+            self.last_error = cause
             self._start_repair()
             return True
 
