@@ -376,3 +376,69 @@ async def test_a_fault_outside_the_declared_region_ends_the_service(
             stats = pager.statistics()
             assert stats.faults == 1
             assert stats.bytes_installed == 0
+
+
+UNMAPS_WHILE_FAULTING = textwrap.dedent(
+    """
+    import ctypes, json, sys, threading, time
+    from aiomemmap import map_file
+    from aiomemmap._core.fdpass import recv_message
+
+    region = map_file(sys.argv[1], engine=sys.argv[2], watchdog=False)
+    outcome = {}
+
+    def touch():
+        try:
+            region.read(region.size // 2, 10)
+            outcome["read"] = "served"
+        except OSError as exc:
+            outcome["read"] = type(exc).__name__
+
+    reader = threading.Thread(target=touch, daemon=True)
+    reader.start()
+    time.sleep(0.3)   # The fault is queued; its fetch waits for the server.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+    assert libc.munmap(region.address, (region.size + 4095) // 4096 * 4096) == 0
+    # The pager finds the range gone when it copies, and ends the service.
+    end = recv_message(region._conn, max_bytes=64)
+    outcome["connection"] = "closed" if end.data == b"" else "open"
+    print(json.dumps(outcome), flush=True)
+    import os
+    os._exit(0)
+    """
+)
+
+
+async def test_a_client_that_unmaps_while_faulting_is_dropped() -> None:
+    from aiomemmap.tools.http_server import RangeHTTPServer
+
+    data = bytes(range(256)) * 32 * 1024  # 8 MiB
+    with anyio.fail_after(DEADLINE):
+        async with RangeHTTPServer() as server, serving() as (engine, pager):
+            server.add("slow", data)
+            url = server.url("slow")
+            cached = await engine.open_file(url)
+            server.latency = 1.0
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-c",
+                    UNMAPS_WHILE_FAULTING,
+                    url,
+                    pager.address,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                )
+                out, err = await proc.communicate()
+                assert proc.returncode == 0, err.decode()
+                assert json.loads(out)["connection"] == "closed"
+                while True:
+                    if not pager.statistics().connections:
+                        break
+                    await asyncio.sleep(0.01)
+                stats = pager.statistics()
+                assert (stats.files, stats.bytes_installed) == (0, 0)
+                assert stats.faults == 1
+            finally:
+                await engine.close_file(cached)
