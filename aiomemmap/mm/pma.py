@@ -424,56 +424,46 @@ class PmaCache:
                     if e0 <= end:
                         self.remove(seg)
                     else:
-                        self._drop_head(seg, end)
+                        self._trim(seg, end, e0)
                 elif e0 <= end:
-                    self._drop_tail(seg, start)
+                    self._trim(seg, s0, start)
                 else:
                     self.remove(segs.isolate(seg, start, end))
             seg = nxt
 
-    def _drop_tail(self, seg: Segment[Pma], at: int) -> None:
-        """Drop the pages of ``seg`` from ``at`` on; the part before stays.
+    def _trim(self, seg: Segment[Pma], keep_start: int, keep_end: int) -> None:
+        """Drop the pages of ``seg`` outside ``[keep_start, keep_end)``.
 
-        Preconditions: the lock is held for writing; ``seg.start < at <
-        seg.end``.
+        The kept part stays mapped on the platform; the dropped part is
+        unmapped, then its page reference is dropped.
+
+        Preconditions: the lock is held for writing; ``[keep_start,
+        keep_end)`` is a non-empty proper part of ``seg`` that shares one of
+        its ends.
         """
         s0, e0, pma = seg
-        n = at - s0
         blocks = pma.blocks
-        kept = _piece(pma, pma.offset, None if blocks is None else blocks.take_first(n))
-        dropped = e0 - at
-        self.platform.unmap(at, dropped)
+        if keep_start == s0:
+            n = keep_end - s0
+            kept = _piece(
+                pma, pma.offset, None if blocks is None else blocks.take_first(n)
+            )
+            drop_addr, drop_off = keep_end, pma.offset + n
+        else:
+            n = keep_start - s0
+            kept = _piece(
+                pma, pma.offset + n, None if blocks is None else blocks.drop_first(n)
+            )
+            drop_addr, drop_off = s0, pma.offset
+        dropped = (e0 - s0) - (keep_end - keep_start)
+        self.platform.unmap(drop_addr, dropped)
         segs = self.segs
         segs.delete(seg)
-        segs.insert_without_merging(s0, at, kept)
+        segs.insert_without_merging(keep_start, keep_end, kept)
         self.rss -= dropped
-        off = pma.offset + n
         fr = _last_dropped[0]
-        if fr.start != off or fr.end != off + dropped:
-            fr = _last_dropped[0] = FileRange(off, off + dropped)
-        pma.file.dec_ref(fr)
-
-    def _drop_head(self, seg: Segment[Pma], at: int) -> None:
-        """Drop the pages of ``seg`` before ``at``; the part from ``at`` stays.
-
-        Preconditions: the lock is held for writing; ``seg.start < at <
-        seg.end``.
-        """
-        s0, e0, pma = seg
-        n = at - s0
-        blocks = pma.blocks
-        kept = _piece(
-            pma, pma.offset + n, None if blocks is None else blocks.drop_first(n)
-        )
-        self.platform.unmap(s0, n)
-        segs = self.segs
-        segs.delete(seg)
-        segs.insert_without_merging(at, e0, kept)
-        self.rss -= n
-        off = pma.offset
-        fr = _last_dropped[0]
-        if fr.start != off or fr.end != off + n:
-            fr = _last_dropped[0] = FileRange(off, off + n)
+        if fr.start != drop_off or fr.end != drop_off + dropped:
+            fr = _last_dropped[0] = FileRange(drop_off, drop_off + dropped)
         pma.file.dec_ref(fr)
 
     def move(self, old_start: int, old_end: int, new_start: int) -> None:
