@@ -54,6 +54,7 @@ from aiomemmap.pager.fault_around import (
     FaultAround,
 )
 from aiomemmap.pager.file_pages import FilePages
+from aiomemmap.pager.firecracker import GuestSession, receive_handshake
 from aiomemmap.pager.protocol import (
     MAX_REQUEST_BYTES,
     ProtocolError,
@@ -69,6 +70,27 @@ __all__ = ["Pager", "PagerStatistics"]
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 30.0
 _SOCKET_NAME: Final = "pager.sock"
 _DRAIN_SECONDS: Final = 1.0
+
+
+async def _until_exit(pidfd: int, ended: asyncio.Event) -> None:
+    """Return when the process of ``pidfd`` exits, or ``ended`` is set."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[object] = loop.create_future()
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, on_exit)
+    waiter: asyncio.Future[object] = asyncio.ensure_future(ended.wait())
+    futures: set[asyncio.Future[object]] = {waiter, exited}
+    try:
+        await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        loop.remove_reader(pidfd)
+        exited.cancel()
+        waiter.cancel()
+        await asyncio.gather(exited, waiter, return_exceptions=True)
 
 
 def _whole(pages: FilePages) -> AddrRange:
@@ -143,6 +165,8 @@ class PagerStatistics:
         poisoned: Pages poisoned because their bytes could not be read.
         rereads: Chunks read again because an invalidation raced the read.
         repaired: Poisoned pages replaced by their bytes once they came.
+        zeroed: Guest pages served as zeros because the guest had removed
+            them (Firecracker's balloon rule).
         invalidations: Invalidations of the files' pages (each revoked and
             punched out of every client).
 
@@ -165,6 +189,7 @@ class PagerStatistics:
     poisoned: int
     rereads: int
     repaired: int
+    zeroed: int
     invalidations: int
 
 
@@ -205,7 +230,9 @@ class Pager:
         "_connections",
         "_counters",
         "_engine",
+        "_extra_listeners",
         "_files",
+        "_guests",
         "_handshake_timeout",
         "_initial",
         "_invalidations",
@@ -219,6 +246,7 @@ class Pager:
         "_socket_path",
         "_thread",
         "_uids",
+        "_zeroed",
     )
 
     def __init__(
@@ -258,6 +286,9 @@ class Pager:
         self._served = 0
         self._refused = 0
         self._invalidations = 0
+        self._zeroed = 0
+        self._guests: set[GuestSession] = set()
+        self._extra_listeners: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
 
@@ -342,6 +373,10 @@ class Pager:
         await finish_shielded(self._close())
 
     async def _close(self) -> None:
+        for extra in list(self._extra_listeners):
+            extra.cancel()
+            with contextlib.suppress(BaseException):
+                await extra
         if self._accept_task is not None:
             self._accept_task.cancel()
             with contextlib.suppress(BaseException):
@@ -383,8 +418,10 @@ class Pager:
         totals.add(self._counters)
         for session in self._sessions:
             totals.add(session.counters)
+        for guest in self._guests:
+            totals.add(guest.counters)
         return PagerStatistics(
-            clients=len(self._sessions),
+            clients=len(self._sessions) + len(self._guests),
             connections=len(self._connections),
             clients_served=self._served,
             refused=self._refused,
@@ -399,12 +436,128 @@ class Pager:
             poisoned=totals.poisoned,
             rereads=totals.rereads,
             repaired=totals.repaired,
+            zeroed=self._zeroed + sum(g.zeroed for g in self._guests),
             invalidations=self._invalidations
             + sum(p.generation for _, p in self._files.values()),
         )
 
     # ------------------------------------------------------------------
     # Connections
+
+    async def serve_firecracker(
+        self,
+        socket_path: str | os.PathLike[str],
+        snapshot: str,
+        /,
+        **storage_options: object,
+    ) -> None:
+        """Also serve Firecracker VMs restoring a snapshot, on a stream socket.
+
+        Each VMM that connects to ``socket_path`` sends its guest memory
+        regions and userfaultfd (:mod:`~aiomemmap.pager.firecracker`); the
+        pager serves the guest's faults from ``snapshot`` (the snapshot's
+        memory file, any URL or path the engine opens, with
+        ``storage_options``), until the VMM's process exits. The socket is
+        made ``0600`` and peers are checked as for the pager's own socket.
+
+        Args:
+            socket_path: Where to listen (must not exist).
+            snapshot: The snapshot's memory file.
+            **storage_options: The backing's options.
+
+        Raises:
+            RuntimeError: The pager is not started.
+            OSError: The socket could not be created.
+
+        Cancellation:
+            Nothing is left listening.
+        """
+        if self._loop is None:
+            raise RuntimeError(f"{self!r} is not started")
+        path = os.fspath(socket_path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.setblocking(False)
+            listener.bind(path)
+            os.chmod(path, 0o600)
+            listener.listen(128)
+        except BaseException:
+            listener.close()
+            raise
+        loop = self._loop
+
+        async def accept() -> None:
+            try:
+                while True:
+                    try:
+                        conn, _ = await loop.sock_accept(listener)
+                    except OSError:
+                        await asyncio.sleep(0.05)
+                        continue
+                    conn.setblocking(False)
+                    task = loop.create_task(
+                        self._firecracker(conn, snapshot, storage_options)
+                    )
+                    self._connections.add(task)
+                    task.add_done_callback(self._connections.discard)
+            finally:
+                listener.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+
+        task = loop.create_task(accept())
+        self._extra_listeners.add(task)
+        task.add_done_callback(self._extra_listeners.discard)
+
+    async def _firecracker(
+        self, conn: socket.socket, snapshot: str, options: dict[str, object]
+    ) -> None:
+        """Serve one VMM from its handshake until its process exits."""
+        session: GuestSession | None = None
+        cached_file: CachedFile | None = None
+        pidfd = -1
+        try:
+            creds = peer_credentials(conn)
+            if creds.uid not in self._uids:
+                raise PermissionError(f"uid {creds.uid} is not served by this pager")
+            pidfd = os.pidfd_open(creds.pid)
+            async with asyncio.timeout(self._handshake_timeout):
+                cached_file = await self._engine.open_file(snapshot, **options)
+                assert cached_file.size is not None
+                regions, uffd = await receive_handshake(conn, cached_file.size)
+            session = GuestSession(
+                uffd=uffd,
+                regions=regions,
+                snapshot=cached_file,
+                fault_around=self._initial,
+                max_fault_around=self._maximum,
+            )
+            self._served += 1
+            self._guests.add(session)
+            session.start_serving()
+            await _until_exit(pidfd, session.finished)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Firecracker's protocol has no replies: the connection closes.
+            self._refused += session is None
+        finally:
+            conn.close()
+            if pidfd >= 0:
+                os.close(pidfd)
+            await finish_shielded(self._release_guest(session, cached_file))
+
+    async def _release_guest(
+        self, session: GuestSession | None, cached_file: CachedFile | None
+    ) -> None:
+        if session is not None:
+            self._guests.discard(session)
+            await session.aclose()
+            self._counters.add(session.counters)
+            self._zeroed += session.zeroed
+        if cached_file is not None:
+            with contextlib.suppress(Exception):
+                await self._engine.close_file(cached_file)
 
     def attach(self, conn: socket.socket) -> None:
         """Serve a client already connected on ``conn``, as if it had connected.
