@@ -191,7 +191,8 @@ def _incomplete(data: bytes) -> bool:
     try:
         json.loads(text)
     except json.JSONDecodeError as exc:
-        return exc.pos >= len(text.rstrip())
+        cut_string = exc.msg.startswith("Unterminated string")
+        return cut_string or exc.pos >= len(text.rstrip())
     return False
 
 
