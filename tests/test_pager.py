@@ -485,3 +485,32 @@ def test_a_forked_child_does_not_inherit_the_region(tmp_path: Path) -> None:
             assert region.read(0, 10) == data[:10]
         finally:
             region.close()
+
+
+async def test_a_serve_process_serves_until_it_is_told_to_stop(tmp_path: Path) -> None:
+    data = content(1 * MiB + 1, seed=13)
+    path = tmp_path / "served.bin"
+    path.write_bytes(data)
+    sock = tmp_path / "pager.sock"
+    with anyio.fail_after(DEADLINE):
+        server = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "aiomemmap.pager.serve",
+            "--socket",
+            str(sock),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert server.stdout is not None
+            address = (await server.stdout.readline()).decode().strip()
+            assert address == f"unix:{sock}"
+            status, report, err = await run_client(str(path), address, "scan")
+            assert status == 0, err.decode()
+            check_scan(report, data)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            _, err = await server.communicate()
+        assert server.returncode == 0, err.decode()
+        assert not sock.exists()

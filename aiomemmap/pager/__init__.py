@@ -85,7 +85,9 @@ dies), :mod:`~aiomemmap.pager.file_pages`,
 :mod:`~aiomemmap.pager.fault_around`, :mod:`~aiomemmap.pager.session` (one
 client's fault service), :mod:`~aiomemmap.pager.server` (``Pager``),
 :mod:`~aiomemmap.pager.in_process` (the pager of an engine of the client's
-own process) and :mod:`~aiomemmap.pager.child` (the child engine process
-that ``map_file`` starts by default). This package module imports none of
-them.
+own process), :mod:`~aiomemmap.pager.child` (the child engine process that
+``map_file`` starts by default), :mod:`~aiomemmap.pager.firecracker`
+(Firecracker's handshake) and :mod:`~aiomemmap.pager.serve` (an engine
+process serving real memory, for ``aiomemmap serve``). This package
+module imports none of them.
 """
