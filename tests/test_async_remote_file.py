@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 import aiomemmap
-from aiomemmap import AsyncRemoteFile, Engine
+from aiomemmap import PAGE_SIZE, AsyncRemoteFile, Engine
 from aiomemmap.faces.async_file import _loop_engines
 from aiomemmap.tools.http_server import RangeHTTPServer
 
@@ -41,7 +41,10 @@ async def test_read_seek_and_pread_over_http():
                 assert await f.pread(100, 10) == data[100:110]
                 f.seek(0)
                 assert await f.read() == data
-                assert (await f.statistics()).bytes_fetched == len(data)
+                # Each byte once, but for the part of a page before the tail
+                # that came with the size.
+                fetched = (await f.statistics()).bytes_fetched
+                assert len(data) <= fetched < len(data) + PAGE_SIZE
                 with pytest.raises(ValueError, match="negative seek"):
                     f.seek(-1)
                 with pytest.raises(ValueError, match=">= 0"):
@@ -64,7 +67,10 @@ async def test_files_of_one_loop_share_its_engine_which_closes_with_the_last():
         assert engine.users_of(a._file) == 2
         assert await a.read() == data
         assert await b.read() == data
-        assert (await b.statistics()).bytes_fetched == len(data)
+        # Fetched once for both (but for the part of a page before the tail
+        # that came with the size).
+        fetched = (await b.statistics()).bytes_fetched
+        assert len(data) <= fetched < len(data) + PAGE_SIZE
         await a.aclose()
         assert not engine.closed
         await b.aclose()

@@ -339,16 +339,18 @@ async def test_sequential_scan_returns_everything_fetching_each_byte_once(store,
         parts = [await cf.read(off, chunk) for off in range(0, BIG, chunk)]
         assert b"".join(parts) == data
         stats = cf.statistics()
-        assert stats.bytes_fetched == BIG
+        # Each byte once, but for the part of a page before the file's tail
+        # that the request which learnt the size read (an HTTP backing's).
+        assert BIG <= stats.bytes_fetched < BIG + P
         assert stats.resident_bytes == round_up(BIG)
         # Everything is cached now: a whole-file read fetches nothing more.
         assert await cf.read(0, BIG + 100) == data
     after = cf.statistics()
     assert after.fetches == stats.fetches
-    assert after.bytes_fetched == BIG
+    assert after.bytes_fetched == stats.bytes_fetched
     assert after.hits > stats.hits
     if store.kind in HTTP_KINDS:
-        assert store.bytes_sent() - sent0 == BIG
+        assert store.bytes_sent() - sent0 == stats.bytes_fetched
     cf.check_invariants()
     await closed_and_balanced(cf, mf)
 
@@ -525,7 +527,7 @@ async def test_fetch_of_old_contents_landing_after_revalidation_is_dropped(store
 async def test_http_transient_errors_are_retried_then_bus_error_then_recover(
     mf, flavour
 ):
-    data = pattern(32 * P, 8)
+    data = pattern(64 * P, 8)
     attempts = FAST_RETRY.attempts
     async with RangeHTTPServer() as srv:
         srv.add("obj", data)
@@ -693,12 +695,13 @@ async def test_failing_range_is_bus_error_then_recovers(store, mf):
 
 
 async def test_cancelled_reader_does_not_abort_a_slow_fetch(store, mf):
-    data = pattern(32 * P, 14)
+    data = pattern(64 * P, 14)
     store.put(data)
     c = counted(store)
     cf = CachedFile(c.backing, mf, readahead=NoReadahead())
     with anyio.fail_after(DEADLINE):
         assert await cf.read(0, 10) == data[:10]
+        tail = cf.statistics().resident_bytes - P
         c.slow_down(0.3)
         before = c.requests()
         victim = asyncio.create_task(cf.read(8 * P + 3, 100))
@@ -730,7 +733,9 @@ async def test_cancelled_reader_does_not_abort_a_slow_fetch(store, mf):
             with pytest.raises(asyncio.CancelledError):
                 await w
         await wait_until(lambda: cf.statistics().fetches_in_flight == 0)
-        assert cf.statistics().resident_bytes == 3 * P
+        # Pages 0, 8 and 20, and what came with the size (an HTTP
+        # backing's tail read).
+        assert cf.statistics().resident_bytes == 3 * P + tail
         assert await cf.read(20 * P, 10) == data[20 * P : 20 * P + 10]
         assert c.requests() - before == 1
     cf.check_invariants()
@@ -738,7 +743,7 @@ async def test_cancelled_reader_does_not_abort_a_slow_fetch(store, mf):
 
 
 async def test_aclose_during_a_slow_fetch_frees_everything(store, mf):
-    data = pattern(32 * P, 15)
+    data = pattern(64 * P, 15)
     store.put(data)
     c = counted(store)
     cf = CachedFile(c.backing, mf, readahead=NoReadahead())

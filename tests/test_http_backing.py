@@ -356,7 +356,8 @@ async def test_cancelled_read_mid_body_closes_the_connection() -> None:
 
 
 async def test_single_flight_through_cached_file(srv: RangeHTTPServer) -> None:
-    srv.add("one", DATA * 4)
+    # Larger than the tail read with the size, so page 2 is fetched.
+    srv.add("one", DATA * 40)
     b = HttpBacking(srv.url("one"))
     with MemoryFile("test-http-backing") as mf:
         cf = CachedFile(b, mf)
@@ -375,7 +376,7 @@ async def test_single_flight_through_cached_file(srv: RangeHTTPServer) -> None:
                     assert ts
                 assert (
                     await cf.read(2 * PAGE_SIZE, 10)
-                    == (DATA * 4)[2 * PAGE_SIZE : 2 * PAGE_SIZE + 10]
+                    == (DATA * 40)[2 * PAGE_SIZE : 2 * PAGE_SIZE + 10]
                 )
         finally:
             await cf.aclose()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import anyio
 import pytest
@@ -164,8 +164,9 @@ async def test_a_cached_file_opens_with_one_request(server: RangeHTTPServer) -> 
         finally:
             await backing.aclose()
     assert data == DATA[:100]
-    # One request to learn the size and version, then the fetches.
-    assert server.requests == 1 + stats.fetches
+    # One request learnt the size and version and brought the whole (small)
+    # object; the read found it cached.
+    assert (server.requests, stats.fetches, stats.misses) == (1, 1, 0)
 
 
 class _RecordingFileBacking:
@@ -234,3 +235,102 @@ async def test_a_cached_file_over_http_reads_every_byte(
                         assert await cf.read(off, n) == DATA[off : off + n]
         finally:
             await backing.aclose()
+
+
+BIG_DATA = random.Random(11).randbytes(300_000)
+
+
+@pytest.mark.parametrize(
+    ("data", "start"),
+    [(BIG_DATA, len(BIG_DATA) - 65536), (DATA, 0), (b"", 0)],
+    ids=["large", "small", "empty"],
+)
+async def test_read_tail_learns_size_and_version_with_the_last_bytes(
+    server: RangeHTTPServer, data: bytes, start: int
+) -> None:
+    server.add("t.bin", data)
+    backing = HttpBacking(server.url("t.bin"))
+    try:
+        with anyio.fail_after(DEADLINE):
+            size, version, got_start, got = await backing.read_tail(65536)
+            assert (size, got_start, got) == (len(data), start, data[start:])
+            assert version == await backing.version()
+    finally:
+        await backing.aclose()
+
+
+async def test_read_tail_pins_the_version_it_saw(server: RangeHTTPServer) -> None:
+    server.add("t.bin", BIG_DATA)
+    backing = HttpBacking(server.url("t.bin"))
+    try:
+        with anyio.fail_after(DEADLINE):
+            await backing.read_tail(4096)
+            server.replace("t.bin", bytes(len(BIG_DATA)))
+            with pytest.raises(StaleVersionError):
+                await backing.read_into(0, memoryview(bytearray(10)))
+    finally:
+        await backing.aclose()
+
+
+async def test_read_tail_of_a_missing_object_is_file_not_found(
+    server: RangeHTTPServer,
+) -> None:
+    backing = HttpBacking(server.url("nothing"))
+    try:
+        with anyio.fail_after(DEADLINE), pytest.raises(FileNotFoundError):
+            await backing.read_tail(4096)
+    finally:
+        await backing.aclose()
+    assert server.requests == 1
+
+
+async def test_a_table_footer_is_read_with_the_size(server: RangeHTTPServer) -> None:
+    # What a parquet reader does: the size, then the footer, then a column.
+    server.add("t.bin", BIG_DATA)
+    size = len(BIG_DATA)
+    with MemoryFile() as mf:
+        backing = HttpBacking(server.url("t.bin"))
+        try:
+            async with CachedFile(backing, mf) as cf:
+                with anyio.fail_after(DEADLINE):
+                    footer = await cf.read(size - 8, 8)
+                    assert server.requests == 1
+                    meta = await cf.read(size - 20_000, 12_000)
+                    assert server.requests == 1
+                    column = await cf.read(1000, 5000)
+                    assert server.requests == 2
+        finally:
+            await backing.aclose()
+        assert mf.statistics().used_bytes == 0
+    assert footer == BIG_DATA[-8:]
+    assert meta == BIG_DATA[size - 20_000 : size - 8_000]
+    assert column == BIG_DATA[1000:6000]
+
+
+async def test_read_tail_from_a_server_that_ignores_ranges() -> None:
+    from aiohttp import web
+
+    def whole_of(data: bytes) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def whole(request: web.Request) -> web.Response:
+            return web.Response(body=data)
+
+        return whole
+
+    for data, expected in ((DATA[:1000], DATA[:1000]), (BIG_DATA, b"")):
+        app = web.Application()
+        app.router.add_get("/obj", whole_of(data))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        backing = HttpBacking(f"http://127.0.0.1:{port}/obj")
+        try:
+            with anyio.fail_after(DEADLINE):
+                size, _version, start, got = await backing.read_tail(65536)
+        finally:
+            await backing.aclose()
+            await runner.cleanup()
+        # Kept when it is no longer than asked; otherwise only the size.
+        assert (size, got) == (len(data), expected)
+        assert start == (0 if expected else len(data))

@@ -499,6 +499,97 @@ class HttpBacking:
         self._answered_size = size
         return pin.token
 
+    async def read_tail(self, length: int) -> tuple[int, str | None, int, bytes]:
+        """Learn the object's size and version, and read its last bytes.
+
+        One ``GET`` with a suffix range (``Range: bytes=-length``): its
+        ``Content-Range`` tells the size, its validators the version, and
+        its body is the object's last ``length`` bytes (all of an object no
+        larger). It does what :meth:`version` then :meth:`size` do (and
+        pins the version the same way) in one round trip, and the bytes
+        come with it: the footer of a table file, or the whole of a small
+        object. A server that ignores the range sends the whole object: it
+        is kept if it is no longer than ``length``, and otherwise only its
+        size and version are taken.
+
+        Args:
+            length: How many bytes of the end to read (``> 0``).
+
+        Returns:
+            ``(size, version, start, data)``: the size, the version string
+            :meth:`version` would return, and ``data``, the object's bytes
+            from offset ``start`` (``data`` may be empty).
+
+        Raises:
+            FileNotFoundError: HTTP 404 or 410.
+            PermissionError: HTTP 401 or 403.
+            aiohttp.ClientResponseError: Another error status.
+            TimeoutError: The server did not answer within ``timeout``.
+            OSError: ``EIO`` if the answer does not tell the size or its
+                body does not match its range; connection failures.
+            ClosedError: The backing was closed.
+            RuntimeError: Called from another event loop than the first call.
+
+        Cancellation:
+            The response is closed with its connection; nothing is pinned.
+        """
+        length = check_size(length)
+        if length == 0:
+            raise ValueError("length must be > 0")
+        session = self._session_here()
+        headers = {**self._headers, "Range": f"bytes=-{length}"}
+        try:
+            async with session.get(
+                self._target, headers=headers, timeout=self._client_timeout
+            ) as resp:
+                size, start, data = await self._tail_answer(resp, length)
+                pin = _Pin.of(resp.headers, size)
+        except TimeoutError as exc:
+            raise self._timed_out("GET of the tail", exc) from exc
+        self._set_pin(pin)
+        return size, pin.token, start, data
+
+    async def _tail_answer(
+        self, resp: aiohttp.ClientResponse, length: int
+    ) -> tuple[int, int, bytes]:
+        """``(size, start, data)`` from the answer to a suffix-range ``GET``."""
+        status = resp.status
+        try:
+            if status == 206 or status == 416:
+                first, total = _parse_content_range(resp.headers.get("Content-Range"))
+                if total is None:
+                    raise ValueError("no total length in Content-Range")
+                if status == 416 or total == 0:
+                    return total, total, b""
+                if first is None:
+                    raise ValueError("no range in Content-Range")
+                data = await resp.read()
+                if first + len(data) != total or len(data) > length:
+                    raise ValueError(
+                        f"a body of {len(data)} bytes for a range from {first} "
+                        f"of an object of {total}"
+                    )
+                return total, first, data
+            if status == 200:
+                size = resp.content_length
+                if size is None:
+                    raise ValueError("no Content-Length")
+                if size > length:
+                    resp.close()
+                    return size, size, b""
+                data = await resp.read()
+                if len(data) != size:
+                    raise ValueError(
+                        f"{len(data)} bytes for a Content-Length of {size}"
+                    )
+                return size, 0, data
+        except ValueError as exc:
+            resp.close()
+            raise OSError(
+                errno.EIO, f"{self!r}: the server's answer to a tail read: {exc}"
+            ) from exc
+        raise self._error(resp, "GET")
+
     async def read_into(self, offset: int, buf: memoryview) -> int:
         """Read ``[offset, offset + len(buf))`` with one ranged ``GET``.
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import typing
 from collections.abc import Callable, Iterator
 from typing import Protocol, final
@@ -265,6 +266,10 @@ class Fetcher:
     # ------------------------------------------------------------------
     # Queries
 
+    def is_open(self) -> bool:
+        """Return whether :meth:`close` was not called yet."""
+        return not self._closed
+
     def in_flight(self) -> int:
         """Return how many fetches are started and not finished."""
         return len(self._tasks)
@@ -284,6 +289,68 @@ class Fetcher:
 
     # ------------------------------------------------------------------
     # Starting and waiting
+
+    async def land_read(self, start: int, data: bytes, size: int) -> None:
+        """Cache the whole pages of bytes already read at ``start``.
+
+        The bytes came with the answer that told the file's ``size`` (e.g.
+        the object's tail, read by the request that opened it), so they
+        are of the version the file was opened at. The pages of
+        ``[start, start + len(data))`` that lie wholly inside it are cached,
+        the last page zero-filled past ``size`` when ``data`` reaches the
+        end; a page already cached or being fetched is left alone, and so is
+        everything once the generation moved on.
+
+        Args:
+            start: File offset of ``data[0]``.
+            data: The bytes read.
+            size: The file's size as the same answer told it.
+
+        Cancellation:
+            Cancelled while room is reserved in the budget, nothing is cached.
+        """
+        end = start + len(data)
+        first = _round_up_size(start)
+        last = _round_up_size(size) if end >= size else end & ~PAGE_MASK
+        generation = self.generation
+        if first >= last or self._closed:
+            return
+        if not (
+            self._cache.is_empty_range(first, last)
+            and self._fetches.is_empty_range(first, last)
+        ):
+            return
+        mf = self._mf
+        length = last - first
+        if self._budget:
+            await mf.evictor.reserve(length)
+            try:
+                fr = mf.allocate(length, kind=MemoryKind.PAGE_CACHE)
+            finally:
+                mf.release_cache_reservation(length)
+        else:
+            fr = mf.allocate(length, kind=MemoryKind.PAGE_CACHE)
+        try:
+            payload = memoryview(data)[first - start : min(end, size) - start]
+            os.pwrite(mf.fd(), payload, fr.start)
+            landable = (
+                generation == self.generation
+                and self.is_open()
+                and self._cache.is_empty_range(first, last)
+                and self._fetches.is_empty_range(first, last)
+            )
+        except BaseException:
+            if not mf.closed:
+                mf.dec_ref(fr)
+            raise
+        if not landable:
+            if not mf.closed:
+                mf.dec_ref(fr)
+            return
+        self.fetches_done += 1
+        self.bytes_fetched += len(data)
+        self._cache.insert(first, last, fr.start)
+        self._on_land(first, last)
 
     def start(self, start: int, end: int) -> None:
         """Start fetches for the pages of ``[start, end)`` not cached or in flight.

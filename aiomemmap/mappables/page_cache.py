@@ -51,6 +51,10 @@ from aiomemmap.memmap.mapping_set import MappingSet
 from aiomemmap.pgalloc.access_pins import current_access
 from aiomemmap.pgalloc.memory_file import MemoryFile
 
+# How many bytes of the end of a file the request that learns its size reads
+# (from a backing that can): a table file's footer, a small object whole.
+_TAIL_BYTES: Final[int] = 64 * 1024
+
 __all__ = [
     "NO_PRIVATE",
     "TRANSLATE_AHEAD",
@@ -315,12 +319,27 @@ class PageCache:
             await asyncio.shield(task)
 
     async def _learn_size(self) -> None:
+        """Ask the backing for the file's size and version (one task at a time).
+
+        A backing that can read its tail (``read_tail``, e.g. an HTTP
+        object) is asked once, and the bytes that come with the answer are
+        cached; otherwise the version is asked, then the size.
+        """
         generation = self._fetcher.generation
+        tail: tuple[int, bytes] | None = None
         try:
-            # The version first: a change after it is then seen as a change.
             backing, retry = self._backing, self._retry
-            version = await call_with_retry(backing.version, retry=retry)
-            size = await call_with_retry(backing.size, retry=retry)
+            read_tail = getattr(backing, "read_tail", None)
+            if callable(read_tail):
+                size, version, start, data = await call_with_retry(
+                    functools.partial(read_tail, _TAIL_BYTES), retry=retry
+                )
+                tail = (start, data)
+            else:
+                # The version first: a change after it is then seen as a
+                # change.
+                version = await call_with_retry(backing.version, retry=retry)
+                size = await call_with_retry(backing.size, retry=retry)
         finally:
             self._size_task = None
         if not is_int(size) or size < 0:
@@ -328,6 +347,8 @@ class PageCache:
         if self._size is None and generation == self._fetcher.generation:
             self._size = self._backed_size = int(size)
             self._version = version
+            if tail is not None and tail[1]:
+                await self._fetcher.land_read(tail[0], tail[1], int(size))
 
     async def _size_or_bus_error(self) -> int:
         try:
