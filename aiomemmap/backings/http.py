@@ -182,7 +182,9 @@ class HttpBacking:
     with ``GET`` of ``Range: bytes=0-0`` instead. The version is the
     ``ETag``, else ``Last-Modified``, else ``None``.
     :meth:`read_into_file` lands a range's bytes in a file descriptor
-    (``pwrite``) rather than a buffer.
+    (``pwrite``) rather than a buffer. :meth:`read_tail` learns the size and
+    version and reads the object's last bytes in one ``GET`` (what a cached
+    file opens with).
 
     Versions: reads are tied to the version pinned by the latest
     :meth:`version` (or, before any, by the first :meth:`size` or
