@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from pathlib import Path
 
 import anyio
 import pytest
@@ -116,3 +117,23 @@ async def test_a_poisoned_page_is_repaired_when_its_bytes_come_back() -> None:
                 finally:
                     region.close()
                     await engine.close_file(cached)
+
+
+async def test_a_pager_that_stops_leaves_no_client_waiting(tmp_path: Path) -> None:
+    data = content(2 * MiB, seed=5)
+    path = tmp_path / "stopping.bin"
+    path.write_bytes(data)
+    with anyio.fail_after(DEADLINE):
+        async with Engine() as engine:
+            pager = Pager(engine)
+            await pager.start()
+            region = await asyncio.to_thread(map_file, str(path), engine=pager.address)
+            try:
+                assert await asyncio.to_thread(region.read, 0, 1000) == data[:1000]
+                await pager.aclose()
+                # What was served stays; what was not fails at once.
+                assert await asyncio.to_thread(region.read, 0, 1000) == data[:1000]
+                with pytest.raises(BusError):
+                    await asyncio.to_thread(region.read, MiB, 10)
+            finally:
+                region.close()

@@ -38,6 +38,7 @@ from aiomemmap._core.uffd import (
 from aiomemmap.mappables.cached_file import CachedFile
 from aiomemmap.pager.fault_around import FaultAround
 from aiomemmap.pager.file_pages import FilePages
+from aiomemmap.pager.watchdog import poison_unpopulated
 
 __all__ = ["Session", "SessionCounters"]
 
@@ -180,6 +181,11 @@ class Session:
     async def aclose(self) -> None:
         """Stop serving, cancel the chunks in flight and close the descriptor.
 
+        A client still mapping its region must not wait forever for a page
+        nobody will serve: every page of the region it has not mapped yet
+        is poisoned first (a touch gets ``SIGBUS``, a checked read
+        ``BusError``), unless the client is gone or unmapped the region.
+
         Cancellation:
             Shielded by the caller (the pager's connection cleanup).
         """
@@ -194,6 +200,12 @@ class Session:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        if not self._uffd.closed:
+            with contextlib.suppress(UffdError):
+                # Page by page over what the client mapped: off the loop.
+                await asyncio.to_thread(
+                    poison_unpopulated, self._uffd, self.start, self.length
+                )
         self._uffd.close()
 
     def _end(self, reason: str) -> None:
