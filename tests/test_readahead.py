@@ -67,7 +67,7 @@ def test_fixed_readahead_random_hint_gives_required():
 def test_adaptive_readahead_defaults():
     policy = AdaptiveReadahead()
     assert policy.initial == DEFAULT_INITIAL_WINDOW == 64 * KiB
-    assert policy.maximum == DEFAULT_MAXIMUM_WINDOW == 8 * MiB
+    assert policy.maximum == DEFAULT_MAXIMUM_WINDOW == 16 * MiB
     assert policy.growth == 2.0
     assert "AdaptiveReadahead" in repr(policy)
 
@@ -109,8 +109,8 @@ def test_adaptive_readahead_grows_on_sequential_reads():
     # the maximum.
     assert windows[0] == M(0, P)
     assert lengths_beyond[:5] == [128 * KiB, 256 * KiB, 512 * KiB, 1 * MiB, 2 * MiB]
-    assert max(lengths_beyond) == 8 * MiB
-    assert state.window == 8 * MiB
+    assert max(lengths_beyond) == DEFAULT_MAXIMUM_WINDOW
+    assert state.window == DEFAULT_MAXIMUM_WINDOW
     # Together the windows cover the file exactly once, ahead of the reader.
     assert prev_end == size
 

@@ -95,7 +95,7 @@ DEFAULT_MAX_FETCH_BYTES: Final[int] = 2 * 1024 * 1024
 """The most one fetch reads from the backing (2 MiB).
 
 Big enough that per-request overhead is small next to the transfer, small
-enough that an 8 MiB readahead window is split into four fetches that run at
+enough that a 16 MiB readahead window is split into eight fetches that run at
 the same time and that a waiter for the first pages of a window is woken
 before the whole window has arrived.
 """
