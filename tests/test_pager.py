@@ -487,7 +487,14 @@ def test_a_forked_child_does_not_inherit_the_region(tmp_path: Path) -> None:
             region.close()
 
 
-async def test_a_serve_process_serves_until_it_is_told_to_stop(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [["aiomemmap.pager.serve"], ["aiomemmap", "serve"]],
+    ids=["module", "cli"],
+)
+async def test_a_serve_process_serves_until_it_is_told_to_stop(
+    tmp_path: Path, command: list[str]
+) -> None:
     data = content(1 * MiB + 1, seed=13)
     path = tmp_path / "served.bin"
     path.write_bytes(data)
@@ -496,7 +503,7 @@ async def test_a_serve_process_serves_until_it_is_told_to_stop(tmp_path: Path) -
         server = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "aiomemmap.pager.serve",
+            *command,
             "--socket",
             str(sock),
             stdout=subprocess.PIPE,

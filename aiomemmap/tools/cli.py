@@ -153,6 +153,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="number of bytes (default: to the end of the file)",
     )
+    # Listed here for the help; its own parser reads its options.
+    sub.add_parser(
+        "serve",
+        help="serve real memory (map_file) to client processes until SIGINT/SIGTERM",
+        add_help=False,
+        description="Serve real memory to client processes (see aiomemmap serve -h).",
+    )
     bench = sub.add_parser("bench", help="run the benchmark suite")
     bench.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     bench.add_argument(
@@ -171,8 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The process exit status.
     """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["serve"]:
+        from aiomemmap.pager.serve import main as serve_main
+
+        return serve_main(arguments[1:])
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     if args.command is None:
         parser.print_help()
         return 0
