@@ -89,7 +89,9 @@ if _typing.TYPE_CHECKING:
     from aiomemmap.faces.remote_file import RemoteFile as RemoteFile
     from aiomemmap.faces.remote_file import open as open
     from aiomemmap.mappables.cached_file import CachedFile as CachedFile
+    from aiomemmap.mappables.cached_file import CachedView as CachedView
     from aiomemmap.mappables.cached_file import CacheStatistics as CacheStatistics
+    from aiomemmap.mappables.cached_file import ReadableBacking as ReadableBacking
     from aiomemmap.mappables.readahead import AdaptiveReadahead as AdaptiveReadahead
     from aiomemmap.mappables.readahead import FixedReadahead as FixedReadahead
     from aiomemmap.mappables.readahead import NoReadahead as NoReadahead
@@ -152,6 +154,7 @@ __all__ = [
     "BytesBacking",
     "CacheStatistics",
     "CachedFile",
+    "CachedView",
     "ClosedError",
     "Engine",
     "EngineStatistics",
@@ -190,6 +193,7 @@ __all__ = [
     "OutOfMemoryError",
     "Pager",
     "Platform",
+    "ReadableBacking",
     "ReadaheadHint",
     "RefCountError",
     "Region",
@@ -235,6 +239,8 @@ _MODULE_OF: _typing.Final[dict[str, str]] = {
     "BytesBacking": "aiomemmap.backings.memory",
     "CacheStatistics": "aiomemmap.mappables.cached_file",
     "CachedFile": "aiomemmap.mappables.cached_file",
+    "CachedView": "aiomemmap.mappables.cached_file",
+    "ReadableBacking": "aiomemmap.mappables.cached_file",
     "ClosedError": "aiomemmap._core.errors",
     "Engine": "aiomemmap.engine.engine",
     "EngineStatistics": "aiomemmap.engine.engine",

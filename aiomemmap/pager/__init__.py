@@ -45,12 +45,12 @@ intact for this first version. The follow-up is to let a cached file keep
 its page cache in such a file-offset memfd, allocated and evicted under the
 same budget, so that the engine's cache *is* the client's memory: faults
 are then answered from pages already in place (``UFFDIO_CONTINUE`` with
-minor-fault registration, and a fetch published whole as the study's rule
-M4 shows), and evictions and invalidations punch holes in the one copy,
+minor-fault registration, a fetch published whole before any client may
+see it), and evictions and invalidations punch holes in the one copy,
 which every client refaults.
 
-The rules of fault service (measured in the project's pager study)
-------------------------------------------------------------------
+The rules of fault service (each measured on Linux 6)
+-----------------------------------------------------
 * read a whole batch of messages before serving its faults; the pager asks
   for no non-cooperative events, since file content is the right answer
   either way;
