@@ -80,6 +80,7 @@ def registered() -> dict[str, Benchmark]:
         _addrspace,
         _faces,
         _micro,
+        _realmem,
         _remote,
     )
 
