@@ -41,10 +41,11 @@ EXPECTED = [
     ["b'0123456789abcdef' b'0123456789abcdef'"],
     ["True b'0123456789abcdef'", "CacheStatistics("],
     ["b'0123456789abcdef' b'patched'", "[vsyscall]"],
+    ["b'0123456789abcdef' b'0123456789abcdef'"],
 ]
 
 
-def test_the_readme_opens_with_the_files_then_the_engine_then_the_address_space():
+def test_the_readme_goes_from_files_to_engine_to_address_space_to_real_memory():
     code = snippets()
     assert len(code) == len(EXPECTED)
     assert "aiomemmap.open(" in code[0]
@@ -52,6 +53,7 @@ def test_the_readme_opens_with_the_files_then_the_engine_then_the_address_space(
     assert "open_async" in code[1]
     assert "Engine" in code[2]
     assert "AddressSpace" in code[3]
+    assert "map_file" in code[4]
 
 
 @pytest.mark.parametrize("index", range(len(EXPECTED)))

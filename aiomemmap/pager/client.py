@@ -24,6 +24,8 @@ limits.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import ctypes
 import errno
 import faulthandler
@@ -362,6 +364,8 @@ def _connect(
 
 
 _child_lock = threading.Lock()
+# Seconds a child engine has to close down at exit before it is killed.
+_CHILD_EXIT_TIMEOUT = 10.0
 _child: tuple[int, subprocess.Popen[bytes], str] | None = None
 
 
@@ -391,7 +395,32 @@ def _child_engine_address() -> str:
         # Its standard input stays open here: its end (this process closing
         # it, or exiting) is what stops the child.
         _child = (os.getpid(), proc, line)
+        atexit.register(_stop_child_engine)
         return line
+
+
+def _stop_child_engine() -> None:
+    """At exit: end this process's child engine and reap it.
+
+    Closing its standard input is what stops it; waiting for it here keeps
+    the interpreter from reporting a subprocess still running, or its pipes
+    unclosed, as it exits.
+    """
+    global _child
+    with _child_lock:
+        found, _child = _child, None
+    if found is None or found[0] != os.getpid():
+        return
+    proc = found[1]
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+    try:
+        proc.wait(timeout=_CHILD_EXIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _send(conn: socket.socket, data: bytes, fds: Sequence[int] = ()) -> None:
