@@ -98,7 +98,12 @@ async def test_mixed_operations_run_together_without_deadlock() -> None:
                 page = r.randrange(16)
                 perms = r.choice([AccessType.READ, AccessType.READ_WRITE])
                 await asp.mprotect(anon + page * P, P, perms)
-                await asp.handle_fault(shared + r.randrange(16) * P, AccessType.READ)
+                # While the shrinker has cut the shared file to 8 pages, a
+                # fault past them is a bus error, as on Linux.
+                with contextlib.suppress(BusError):
+                    await asp.handle_fault(
+                        shared + r.randrange(16) * P, AccessType.READ
+                    )
                 await asyncio.sleep(0)
             await asp.mprotect(anon, 16 * P, AccessType.READ_WRITE)
 
