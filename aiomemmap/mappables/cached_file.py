@@ -1030,6 +1030,11 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
     async def _resident(self, what: str, offset: int, n: int) -> int:
         """Wait until the pages of up to ``n`` bytes at ``offset`` are cached.
 
+        If the file changes while the call waits (a revalidation learnt a
+        new version, or a truncation), the bytes to read are worked out
+        again from the new size and waited for: the result never mixes the
+        extent of one version with the bytes of another.
+
         Returns:
             The end of the bytes to read, clipped to the file's size (at
             most ``offset`` when there is nothing to read). Until the caller
@@ -1038,6 +1043,14 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
         Raises:
             BusError, ClosedError: As :meth:`read`.
         """
+        while True:
+            generation = self._fetcher.generation
+            end = await self._resident_once(what, offset, n)
+            if end <= offset or self._fetcher.generation == generation:
+                return end
+
+    async def _resident_once(self, what: str, offset: int, n: int) -> int:
+        """One attempt of :meth:`_resident`, for the file as it is now."""
         if self._closed:
             self._check_open(what)
         size = self._size
