@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
+import pytest
+
 MiB = 1 << 20
 ROWS = ["P8", "P8m", "P8a", "P8r", "P8t"]
 
@@ -43,3 +46,17 @@ def test_real_memory_rows_run_with_client_processes(tmp_path: Path) -> None:
         assert rows[row_id]["met"] is None
     assert "64 random 4 KiB touches" in str(rows["P8t"]["name"])
     assert "4 MiB region" in str(rows["P8"]["name"])
+
+
+async def test_real_memory_rows_in_this_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aiomemmap.tools.bench import _realmem
+
+    monkeypatch.setattr(_realmem, "REGION_BYTES", 2 * MiB)
+    monkeypatch.setattr(_realmem, "RANDOM_TOUCHES", 32)
+    with anyio.fail_after(300):
+        rows = await _realmem.real_memory()
+    assert [row.id for row in rows] == ROWS
+    assert all(row.ours > 0 and row.baseline > 0 for row in rows)
+    assert "32 random 4 KiB touches" in rows[-1].name

@@ -397,3 +397,15 @@ def test_bench_remote_rows_in_process(monkeypatch):
     assert rows["P7"].ours == 1
     assert rows["P7"].met is True
     assert rows["P4c"].ours <= 4
+
+
+def test_python_dash_m_aiomemmap_is_the_command_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["aiomemmap"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_module("aiomemmap", run_name="__main__")
+    assert info.value.code == 0
+    assert "serve" in capsys.readouterr().out
