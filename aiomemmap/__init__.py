@@ -89,9 +89,9 @@ if _typing.TYPE_CHECKING:
     from aiomemmap.faces.remote_file import RemoteFile as RemoteFile
     from aiomemmap.faces.remote_file import open as open
     from aiomemmap.mappables.cached_file import CachedFile as CachedFile
-    from aiomemmap.mappables.cached_file import CachedView as CachedView
     from aiomemmap.mappables.cached_file import CacheStatistics as CacheStatistics
     from aiomemmap.mappables.cached_file import ReadableBacking as ReadableBacking
+    from aiomemmap.mappables.cached_view import CachedView as CachedView
     from aiomemmap.mappables.readahead import AdaptiveReadahead as AdaptiveReadahead
     from aiomemmap.mappables.readahead import FixedReadahead as FixedReadahead
     from aiomemmap.mappables.readahead import NoReadahead as NoReadahead
@@ -239,7 +239,7 @@ _MODULE_OF: _typing.Final[dict[str, str]] = {
     "BytesBacking": "aiomemmap.backings.memory",
     "CacheStatistics": "aiomemmap.mappables.cached_file",
     "CachedFile": "aiomemmap.mappables.cached_file",
-    "CachedView": "aiomemmap.mappables.cached_file",
+    "CachedView": "aiomemmap.mappables.cached_view",
     "ReadableBacking": "aiomemmap.mappables.cached_file",
     "ClosedError": "aiomemmap._core.errors",
     "Engine": "aiomemmap.engine.engine",

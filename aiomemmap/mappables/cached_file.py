@@ -19,8 +19,10 @@ The class is made of parts, one concern a module: the page cache and its state
 (:mod:`~aiomemmap.mappables.writeback`), revalidation
 (:mod:`~aiomemmap.mappables.revalidation`) and eviction under the cache budget
 (:mod:`~aiomemmap.mappables.cache_eviction`, with the units and pins of
-:mod:`~aiomemmap.mappables.cache_units`). This module holds the public class:
-construction, identity, lifetime, the Mappable methods and reads.
+:mod:`~aiomemmap.mappables.cache_units`), and the views that
+:meth:`CachedFile.read_view` holds (:mod:`~aiomemmap.mappables.cached_view`).
+This module holds the public class: construction, identity, lifetime, the
+Mappable methods and reads.
 """
 
 from __future__ import annotations
@@ -56,11 +58,11 @@ from aiomemmap.backings.opener import open_backing
 from aiomemmap.fsutil.file_range_set import release
 from aiomemmap.mappables.cache_eviction import CacheEviction
 from aiomemmap.mappables.cache_units import CacheUnits
+from aiomemmap.mappables.cached_view import CachedView
 from aiomemmap.mappables.page_cache import (
     NO_PRIVATE,
     check_offset,
     check_page_range,
-    join_blocks,
     writable_bytes,
 )
 from aiomemmap.mappables.readahead import (
@@ -76,7 +78,6 @@ from aiomemmap.memmap.interfaces import (
     TranslateResult,
     check_translate_result,
 )
-from aiomemmap.pgalloc.held_views import HeldView
 from aiomemmap.pgalloc.memory_file import MemoryFile
 
 if TYPE_CHECKING:
@@ -87,7 +88,6 @@ __all__ = [
     "DEFAULT_MAX_FETCH_BYTES",
     "CacheStatistics",
     "CachedFile",
-    "CachedView",
     "ReadableBacking",
 ]
 
@@ -1098,22 +1098,6 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
             self._touch(start_p, page_round_up(end))
         return end
 
-    def _hold(self, offset: int, end: int) -> tuple[HeldView, bool]:
-        """Return a held view of offsets ``[offset, end)``, and whether it is zero copy.
-
-        Preconditions:
-            ``[offset, end)`` is cached (the caller has not awaited since
-            :meth:`_resident` said so).
-        """
-        blocks = self._blocks(offset, end)
-        if len(blocks) == 1 and not isinstance(blocks[0], int):
-            start_p, end_p = offset & ~PAGE_MASK, page_round_up(end)
-            seg = self._cache.find(start_p)
-            assert seg is not None and seg.end >= end_p
-            fr = self._cache.file_range(seg, start_p, end_p)
-            return HeldView(blocks[0], self._mf, (fr,)), True
-        return HeldView(memoryview(join_blocks(blocks)), self._mf), False
-
     async def prefetch(self, mr: MappableRange) -> None:
         """Fetch the pages of ``mr`` (clipped to the file) and wait for them.
 
@@ -1139,84 +1123,3 @@ class CachedFile(WriteBack, Revalidation, CacheEviction):
         if end <= mr.start:
             return
         await self._populate(mr.start, end, mr.start, end, clip=True)
-
-
-@final
-class CachedView:
-    """The bytes of a cached file, viewed in place while held.
-
-    Made by :meth:`CachedFile.read_view`, whose docstring gives the rules;
-    entered once, as an async context manager whose value is the
-    ``memoryview``.
-
-    Concurrency:
-        Task-compatible: entered and left by one task.
-    """
-
-    __slots__ = ("_entered", "_file", "_held", "_n", "_offset", "_pinned", "_zero_copy")
-
-    def __init__(self, cached_file: CachedFile, offset: int, n: int) -> None:
-        self._file = cached_file
-        self._offset = offset
-        self._n = n
-        self._entered = False
-        self._held: HeldView | None = None
-        # The pages pinned against eviction, page-aligned, or None.
-        self._pinned: tuple[int, int] | None = None
-        self._zero_copy = False
-
-    def __repr__(self) -> str:
-        state = "held" if self._held is not None else "not held"
-        return (
-            f"<CachedView {self._n:#x} bytes at {self._offset:#x} of "
-            f"{self._file!r} {state}>"
-        )
-
-    @property
-    def zero_copy(self) -> bool:
-        """Whether the view shows the cached pages themselves (not a copy).
-
-        False before the view is entered and after it is left.
-        """
-        return self._zero_copy
-
-    async def __aenter__(self) -> memoryview:
-        """Fetch what is missing, then hold the pages and return their view.
-
-        Raises:
-            RuntimeError: Entered before.
-            BusError, ClosedError: As :meth:`CachedFile.read`.
-        """
-        if self._entered:
-            raise RuntimeError(f"{self!r} was entered before: enter a view once")
-        self._entered = True
-        cf, offset = self._file, self._offset
-        end = await cf._resident("read_view", offset, self._n)
-        # Nothing awaits from here on: the pages found stay cached.
-        if end <= offset:
-            held = HeldView(memoryview(b""), cf._mf)
-        else:
-            held, self._zero_copy = cf._hold(offset, end)
-            units = cf._units
-            if self._zero_copy and units is not None:
-                pinned = (offset & ~PAGE_MASK, page_round_up(end))
-                units.pin(*pinned)
-                self._pinned = pinned
-        self._held = held
-        return held.view
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Release the view and the pins (see :meth:`CachedFile.read_view`)."""
-        held, self._held = self._held, None
-        pinned, self._pinned = self._pinned, None
-        self._zero_copy = False
-        units = self._file._units
-        if pinned is not None and units is not None:
-            units.unpin(*pinned)
-        if held is not None:
-            held.release()
