@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
+import json
 import mmap
 import os
 import select
@@ -392,3 +393,89 @@ def test_a_raw_touch_of_a_poisoned_page_dies_with_sigbus_and_a_traceback() -> No
     assert b"touching" in proc.stdout
     assert b"survived" not in proc.stdout
     assert b"Bus error" in proc.stderr
+
+
+NOBODY = 65534
+
+AS_NOBODY = textwrap.dedent(
+    """
+    import ctypes, json, mmap, os, select, sys, threading
+    from aiomemmap._core import uffd as U
+
+    os.setgroups([])
+    os.setgid(%(uid)d)
+    os.setuid(%(uid)d)
+    out = {"uid": os.getuid()}
+    for name, kind in (("strict", False), ("forced", True), ("auto", None)):
+        try:
+            u = U.Userfaultfd.create(user_mode_only=kind)
+        except PermissionError:
+            out[name] = "refused"
+            continue
+        out[name] = "user-mode-only" if u.user_mode_only else "full"
+        if name != "auto":
+            u.close()
+            continue
+        # The descriptor works: a user-mode touch is reported and served,
+        # a kernel-mode access of a missing page fails with EFAULT.
+        m = mmap.mmap(-1, 2 * 4096)
+        with U.buffer_address(m) as (address, _):
+            pass
+        u.register(address, len(m))
+        got = ctypes.create_string_buffer(4096)
+        toucher = threading.Thread(
+            target=ctypes.memmove, args=(got, address, 4096), daemon=True
+        )
+        toucher.start()
+        assert select.select([u.fileno()], [], [], 10)[0], "no fault reported"
+        (fault,) = u.read_events()
+        u.copy_from(fault.address, b"\\x5a" * 4096)
+        toucher.join(10)
+        out["touched"] = got.raw[:4].hex()
+        if u.user_mode_only:
+            r, w = os.pipe()
+            try:
+                os.write(w, memoryview(m)[4096:8192])
+                out["kernel"] = "read"
+            except OSError as exc:
+                out["kernel"] = exc.errno
+        u.close()
+    print(json.dumps(out), flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a child as nobody")
+def test_an_unprivileged_process_gets_a_user_mode_only_descriptor() -> None:
+    with open("/proc/sys/vm/unprivileged_userfaultfd") as sysctl:
+        full_for_all = sysctl.read().strip() != "0"
+    with U.Userfaultfd.create() as own:
+        assert not own.user_mode_only
+    with U.Userfaultfd.create(user_mode_only=True) as forced:
+        assert forced.user_mode_only
+        assert "user-mode-only" in repr(forced)
+    proc = subprocess.run(
+        [sys.executable, "-c", AS_NOBODY % {"uid": NOBODY}],
+        capture_output=True,
+        timeout=DEADLINE,
+        cwd="/",
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = json.loads(proc.stdout)
+    if full_for_all:  # The host gives everyone full userfaultfd.
+        assert report == {
+            "uid": NOBODY,
+            "strict": "full",
+            "forced": "user-mode-only",
+            "auto": "full",
+            "touched": "5a5a5a5a",
+        }
+    else:
+        assert report == {
+            "uid": NOBODY,
+            "strict": "refused",
+            "forced": "user-mode-only",
+            "auto": "user-mode-only",
+            "touched": "5a5a5a5a",
+            "kernel": errno.EFAULT,
+        }

@@ -466,21 +466,41 @@ class Userfaultfd:
         the context manager.
     """
 
-    __slots__ = ("_fd", "available_features", "features")
+    __slots__ = ("_fd", "_user_mode_only", "available_features", "features")
 
-    def __init__(self, fd: int, features: int, available_features: int) -> None:
+    def __init__(
+        self,
+        fd: int,
+        features: int,
+        available_features: int,
+        *,
+        user_mode_only: bool = False,
+    ) -> None:
         """Wrap ``fd``, a userfaultfd that already had its API handshake.
 
         Prefer :meth:`create` and :meth:`adopt`.
         """
         self._fd = fd
+        self._user_mode_only = user_mode_only
         self.features = features
         """The features enabled on this descriptor."""
         self.available_features = available_features
         """The features the kernel offers (as its API handshake reported)."""
 
     def __repr__(self) -> str:
-        return f"<Userfaultfd fd={self._fd} features={self.features:#x}>"
+        mode = " user-mode-only" if self._user_mode_only else ""
+        return f"<Userfaultfd fd={self._fd} features={self.features:#x}{mode}>"
+
+    @property
+    def user_mode_only(self) -> bool:
+        """Whether only faults of user-mode accesses are reported.
+
+        Then a system call touching a missing page of a registered range
+        (``read`` into it, ``write`` or ``process_vm_readv`` from it) fails
+        with ``EFAULT`` instead of waiting for the page. False for a
+        descriptor that :meth:`adopt` took (its creator knows).
+        """
+        return self._user_mode_only
 
     @classmethod
     def create(
@@ -489,12 +509,18 @@ class Userfaultfd:
         features: int = 0,
         optional_features: int = 0,
         nonblocking: bool = True,
-        user_mode_only: bool = False,
+        user_mode_only: bool | None = None,
     ) -> Userfaultfd:
         """Open a userfaultfd for this process and do the API handshake.
 
         ``/dev/userfaultfd`` is tried first, then the ``userfaultfd``
         system call. The descriptor is close-on-exec.
+
+        A process without the privilege of full userfaultfd (no access to
+        ``/dev/userfaultfd``, ``vm.unprivileged_userfaultfd`` off, no
+        ``CAP_SYS_PTRACE``) may still get one that reports only user-mode
+        faults: by default that is what it gets when the full one is
+        refused, and :attr:`user_mode_only` tells which it got.
 
         Args:
             features: ``FEATURE_*`` bits that must be enabled.
@@ -502,19 +528,32 @@ class Userfaultfd:
                 them.
             nonblocking: Open with ``O_NONBLOCK`` (a flag shared by every
                 copy of the descriptor, in every process).
-            user_mode_only: Report faults of user-mode accesses only (what
-                an unprivileged process may get); kernel-mode accesses of
-                missing pages then fail with ``EFAULT``.
+            user_mode_only: ``True``: report faults of user-mode accesses
+                only; kernel-mode accesses of missing pages then fail with
+                ``EFAULT``. ``False``: report every fault, or fail.
+                ``None`` (the default): every fault if the host allows it,
+                else user-mode ones only.
+
+        Postconditions:
+            :attr:`user_mode_only` is true if and only if the descriptor
+            reports user-mode faults only.
 
         Raises:
-            PermissionError: The host refuses userfaultfd to this process.
+            PermissionError: The host refuses userfaultfd to this process
+                (of the kind asked for; with ``None``, of both kinds).
             OSError: The host has no userfaultfd, or lacks a required
                 feature (``EINVAL``).
         """
-        flags = os.O_CLOEXEC | (os.O_NONBLOCK if nonblocking else 0)
-        if user_mode_only:
-            flags |= _UFFD_USER_MODE_ONLY
-        fd = cls._open(flags)
+        base = os.O_CLOEXEC | (os.O_NONBLOCK if nonblocking else 0)
+        user_only = bool(user_mode_only)
+        try:
+            fd = cls._open(base | (_UFFD_USER_MODE_ONLY if user_only else 0))
+        except PermissionError:
+            if user_mode_only is not None:
+                raise
+            user_only = True
+            fd = cls._open(base | _UFFD_USER_MODE_ONLY)
+        flags = base | (_UFFD_USER_MODE_ONLY if user_only else 0)
         try:
             available = cls._handshake(fd, 0, probe=True)
             if features & ~available:
@@ -529,7 +568,7 @@ class Userfaultfd:
         except BaseException:
             os.close(fd)
             raise
-        return cls(fd, wanted, available)
+        return cls(fd, wanted, available, user_mode_only=user_only)
 
     @classmethod
     def adopt(cls, fd: int, *, features: int = 0) -> Userfaultfd:
