@@ -135,6 +135,20 @@ def _parser() -> argparse.ArgumentParser:
         action="store_false",
         help="skip the fsspec comparison",
     )
+    demo.add_argument(
+        "--real",
+        action="store_true",
+        help="then map the file as real memory in a client process (map_file), "
+        "scan it with numpy and touch random pages of it; exits with status 3 "
+        "if this host cannot (no userfaultfd, no numpy)",
+    )
+    demo.add_argument(
+        "--touches",
+        type=_positive,
+        default=256,
+        metavar="N",
+        help="random pages touched by the --real phase (default 256)",
+    )
     cat = sub.add_parser(
         "cat",
         help="write a byte range of any fsspec URL to stdout",
@@ -250,6 +264,8 @@ def _demo(args: argparse.Namespace) -> int:
         readers=args.readers,
         seed=args.seed,
         compare=args.compare,
+        real=args.real,
+        touches=args.touches,
     )
     return _run(run_demo(options, sys.stdout, sys.stderr))
 

@@ -59,6 +59,7 @@ from aiomemmap.tools.bench._served import ServedFiles, ServerCounts, serve_paylo
 __all__ = [
     "DemoOptions",
     "WorkloadResult",
+    "format_bytes",
     "make_payload",
     "parse_size",
     "render_table",
@@ -133,6 +134,11 @@ class DemoOptions:
         readers: How many tasks (threads, for fsspec) share the random reads.
         seed: Seed of the generated file and the random offsets.
         compare: Whether to run the workloads through fsspec and aiohttp too.
+        real: Whether to add the real-memory phases
+            (:mod:`~aiomemmap.tools.demo_real`): numpy in a client process
+            scans the file mapped with ``map_file``, then touches random
+            pages of it.
+        touches: Distinct random pages the real-memory touch phase touches.
 
     Concurrency:
         Immutable.
@@ -145,6 +151,8 @@ class DemoOptions:
     readers: int = 16
     seed: int = 1
     compare: bool = True
+    real: bool = False
+    touches: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,8 +322,8 @@ class _Display:
             pct = 100 * meter.done / total if total else 100.0
             state = f"done in {elapsed:.2f} s" if final else status()
             self._stream.write(
-                f"{description}: {_fmt_bytes(meter.done)} of {_fmt_bytes(total)} "
-                f"({pct:.0f}%), {_fmt_bytes(meter.done / elapsed)}/s, {state}\n"
+                f"{description}: {format_bytes(meter.done)} of {format_bytes(total)} "
+                f"({pct:.0f}%), {format_bytes(meter.done / elapsed)}/s, {state}\n"
             )
             self._stream.flush()
 
@@ -371,7 +379,7 @@ async def _run_ours(
                 st = cf.statistics()
                 return (
                     f"{st.fetches_in_flight} fetches in flight, "
-                    f"{_fmt_bytes(st.bytes_fetched)} fetched"
+                    f"{format_bytes(st.bytes_fetched)} fetched"
                 )
 
             total = sum(n for _, n in reads)
@@ -579,7 +587,8 @@ async def _run_aiohttp(
 # ---------------------------------------------------------------------------
 
 
-def _fmt_bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
+    """A byte count in words, e.g. ``"1.5 MiB"``."""
     for unit, scale in (("GiB", 1 << 30), ("MiB", _MIB), ("KiB", _KIB)):
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
@@ -597,12 +606,12 @@ def _fmt_optional(value: int | None, fmt: Callable[[int], str]) -> str:
 def _report_ours(r: WorkloadResult, describe: str, fetches: str, out: TextIO) -> None:
     lines = [
         f"{r.workload}: {describe}",
-        f"  bytes read      {_fmt_bytes(r.bytes_read)}",
+        f"  bytes read      {format_bytes(r.bytes_read)}",
     ]
     if r.bytes_fetched is not None and r.fetches is not None:
         ratio = r.bytes_fetched / r.bytes_read if r.bytes_read else 0.0
         lines.append(
-            f"  bytes fetched   {_fmt_bytes(r.bytes_fetched)} ({ratio:.2f}x the "
+            f"  bytes fetched   {format_bytes(r.bytes_fetched)} ({ratio:.2f}x the "
             f"bytes read) in {r.fetches} {fetches}"
         )
     if r.hit_rate is not None:
@@ -613,7 +622,7 @@ def _report_ours(r: WorkloadResult, describe: str, fetches: str, out: TextIO) ->
     lines += [
         f"  read latency    p50 {_fmt_ms(r.percentile(50))}, "
         f"p99 {_fmt_ms(r.percentile(99))}",
-        f"  throughput      {_fmt_bytes(r.throughput)}/s, "
+        f"  throughput      {format_bytes(r.throughput)}/s, "
         f"{r.reads / r.seconds if r.seconds else math.inf:,.0f} reads/s "
         f"({r.seconds:.2f} s)",
     ]
@@ -666,9 +675,9 @@ def render_table(results: Sequence[WorkloadResult], out: TextIO) -> None:
                 r.workload,
                 r.implementation,
                 f"{r.seconds:.2f} s",
-                f"{_fmt_bytes(r.throughput)}/s",
+                f"{format_bytes(r.throughput)}/s",
                 _fmt_optional(r.fetches, str),
-                _fmt_optional(r.bytes_fetched, _fmt_bytes),
+                _fmt_optional(r.bytes_fetched, format_bytes),
                 _fmt_ms(r.percentile(50)),
                 _fmt_ms(r.percentile(99)),
                 speedup,
@@ -707,13 +716,24 @@ async def run_demo(options: DemoOptions, out: TextIO, err: TextIO) -> int:
 
     Returns:
         The exit status: 0, or 1 if a byte read differed from the source or
-        a page was still in use after everything was closed.
+        a page was still in use after everything was closed, or 3 (before
+        anything runs) if ``options.real`` asks for real memory on a host
+        that cannot map it (the reason is written to ``err``).
 
     Raises:
         ValueError: A bad option, URL or empty file.
         OSError: The file could not be read (``FileNotFoundError``...).
         aiomemmap.BusError: The file failed while mapped.
+        aiomemmap.tools.demo_real.ClientError: The real-memory client
+            process failed.
     """
+    if options.real:
+        from aiomemmap.tools.demo_real import UNUSABLE_STATUS, real_memory_problem
+
+        problem = real_memory_problem()
+        if problem is not None:
+            err.write(f"aiomemmap demo --real: {problem}\n")
+            return UNUSABLE_STATUS
     if options.url is None:
         data = make_payload(options.size, options.seed)
         # Starting the server blocks until it has loaded the file.
@@ -721,21 +741,43 @@ async def run_demo(options: DemoOptions, out: TextIO, err: TextIO) -> int:
             url = served.url(_OBJECT_NAME)
             target = _Target(url, len(data), len(data), data, served)
             out.write(
-                f"aiomemmap demo: {_fmt_bytes(target.size)} generated (seed "
+                f"aiomemmap demo: {format_bytes(target.size)} generated (seed "
                 f"{options.seed}), served at {target.url} by a process of its "
                 f"own with {options.latency * 1000:g} ms simulated latency per "
                 "request\n\n"
             )
-            return await _run_all(target, options, out, err)
+            return await _run_all_and_real(target, options, out, err)
     size = await _remote_size(options.url)
     if size == 0:
         raise ValueError(f"{options.url!r} is empty: nothing to read")
     target = _Target(options.url, size, min(size, options.size), None, None)
     out.write(
-        f"aiomemmap demo: {options.url} ({_fmt_bytes(size)}), scanning the first "
-        f"{_fmt_bytes(target.scan_bytes)}\n\n"
+        f"aiomemmap demo: {options.url} ({format_bytes(size)}), scanning the first "
+        f"{format_bytes(target.scan_bytes)}\n\n"
     )
-    return await _run_all(target, options, out, err)
+    return await _run_all_and_real(target, options, out, err)
+
+
+async def _run_all_and_real(
+    target: _Target, options: DemoOptions, out: TextIO, err: TextIO
+) -> int:
+    """Run the workloads, then the real-memory phases if asked; the worse status."""
+    status = await _run_all(target, options, out, err)
+    if not options.real:
+        return status
+    from aiomemmap.tools.demo_real import run_real_phases
+
+    real = await run_real_phases(
+        target.url,
+        target.scan_bytes,
+        target.expected,
+        target.served,
+        touches=options.touches,
+        seed=options.seed,
+        out=out,
+        err=err,
+    )
+    return max(status, real)
 
 
 async def _run_others(
@@ -815,7 +857,9 @@ async def _run_all(
         out.write("\n")
     ok = True
     if leaked:
-        out.write(f"cleanup: FAILED, {_fmt_bytes(leaked)} still in use after closing\n")
+        out.write(
+            f"cleanup: FAILED, {format_bytes(leaked)} still in use after closing\n"
+        )
         ok = False
     else:
         out.write(
@@ -827,7 +871,7 @@ async def _run_all(
         out.write("result: OK (not verified: --url files have no known contents)\n")
     elif all(r.mismatches == 0 for r in ours):
         verified = sum(r.bytes_read for r in ours)
-        out.write(f"result: OK, {_fmt_bytes(verified)} read and verified\n")
+        out.write(f"result: OK, {format_bytes(verified)} read and verified\n")
     else:
         out.write("result: FAILED, some bytes read differ from the source\n")
         ok = False
