@@ -2,7 +2,10 @@
 
 Failures of ``demo`` and ``cat`` are reported as one line on stderr,
 ``aiomemmap COMMAND: what went wrong``, with exit status 1; bad arguments
-exit with status 2. Both commands run on uvloop when it is installed.
+exit with status 2; ``demo --real`` on a host that cannot map real memory
+(no userfaultfd for this process, no numpy) says why in one line and exits
+with status 3 before anything runs. Both commands run on uvloop when it is
+installed.
 """
 
 from __future__ import annotations

@@ -70,6 +70,10 @@ UNUSABLE_STATUS: Final = 3
 # Seconds any one step of the client may take (the cold scan of a large file
 # over a slow link is the longest).
 _STEP_TIMEOUT: Final = 600.0
+# Seconds the client has to exit once told to (its input closed).
+_STOP_TIMEOUT: Final = 10.0
+# The longest answer line read from the client (a CRC-32 per touched page).
+_ANSWER_LIMIT: Final = 64 << 20
 _SCAN: Final = "cold scan"
 _RESCAN: Final = "resident rescan"
 _TOUCHES: Final = "random touches"
@@ -337,6 +341,7 @@ async def _client_process() -> AsyncIterator[_Client]:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        limit=_ANSWER_LIMIT,
     )
     try:
         yield _Client(proc)
@@ -345,7 +350,7 @@ async def _client_process() -> AsyncIterator[_Client]:
             assert proc.stdin is not None
             proc.stdin.close()
             try:
-                async with asyncio.timeout(_STEP_TIMEOUT):
+                async with asyncio.timeout(_STOP_TIMEOUT):
                     await proc.wait()
             except TimeoutError:
                 proc.kill()
