@@ -29,6 +29,21 @@ itself as one contiguous range. Hence the decision:
   memfd in place and never reads it through a mapping of its own, since
   with missing-only registration a half-written page, or a hole read as a
   zero page, would be seen by clients without a fault.
+* **Private regions are filled through the same pages.** A client asking
+  for a private (copy-on-write) region maps the same memfd
+  ``MAP_PRIVATE`` and registers it for missing- and minor-page faults. Its
+  faults are answered by writing the chunk's complete pages into the memfd
+  (``pwrite``: the kernel keeps each new page locked until it is whole, and
+  every fault or read of it waits for that lock, so the shared clients of
+  the memfd still never see half a page) and mapping them with
+  ``UFFDIO_CONTINUE``, which also replaces a poison marker when a page is
+  repaired. Its clean pages are therefore the page cache's, which a punch
+  revokes, while the pages it wrote are its own and survive (the rule of
+  Linux, and gVisor, for a private mapping of a changing file).
+  ``UFFDIO_COPY`` would give it anonymous pages, out of every punch's
+  reach: it is never used for a private region. The pager reads from
+  ``/proc/PID/smaps`` how the client mapped and registered its region and
+  refuses anything else than these two kinds.
 * **The client's descriptor reaches only that memfd.** Clients of another
   uid get another memfd, so a client that writes into its mapping (a
   shared memfd cannot be handed out read-only and still be registered)

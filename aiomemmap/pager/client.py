@@ -1,11 +1,27 @@
 """The client side of real memory: ``map_file`` and ``Region``.
 
 :func:`map_file` connects to a :class:`~aiomemmap.pager.server.Pager`, asks
-for a file, maps the memfd it receives (``MAP_SHARED``, read-only), registers
-the mapping with a userfaultfd of this process for missing-page faults and
-hands that descriptor to the pager, which from then on serves every first
-touch of a page. The result is a :class:`Region`: an ``mmap`` of the whole
-file, usable wherever a buffer is.
+for a file, maps the memfd it receives, registers the mapping with a
+userfaultfd of this process and hands that descriptor to the pager, which
+from then on serves every first touch of a page. The result is a
+:class:`Region`: an ``mmap`` of the whole file, usable wherever a buffer is.
+
+Two kinds of region:
+
+* **shared** (the default): ``MAP_SHARED``, read-only, registered for
+  missing-page faults. It is coherent with the engine's cache: a page the
+  cache drops (truncation, eviction, a revalidation that found the object
+  changed) leaves the region, and the next touch sees the current bytes.
+* **private** (``private=True``): ``MAP_PRIVATE``, registered for missing-
+  and minor-page faults, writable with ``writable=True``. Pages that are
+  only read are the shared ones, coherent as above; a page this process
+  writes is copied on write and is its own from then on: no other client,
+  nor the engine, ever sees it, and an invalidation leaves it alone (as
+  Linux does for a private mapping of a file that changes).
+
+A shared *writable* region is refused: the engine keeps no record of what a
+client wrote into its pages, so it could neither write it back nor keep it
+from being dropped and refetched under the client; ask for a private one.
 
 This module uses only the standard library and the core, so that a client
 process starts without the engine's dependencies.
@@ -49,8 +65,11 @@ from aiomemmap._core.fdpass import (
 )
 from aiomemmap._core.pages import PAGE_SIZE
 from aiomemmap._core.uffd import (
+    FEATURE_MINOR_SHMEM,
     FEATURE_POISON,
     FEATURE_THREAD_ID,
+    REGISTER_MODE_MINOR,
+    REGISTER_MODE_MISSING,
     Userfaultfd,
     buffer_address,
 )
@@ -149,13 +168,19 @@ def _checked_copy(src: int, dst: int, n: int) -> int:
 class Region(mmap.mmap):
     """A file mapped as real memory of this process, its pages served lazily.
 
-    An ``mmap`` (read-only) of the whole file: ``len(region)`` is the file's
-    size, and ``memoryview(region)``, ``numpy.frombuffer(region, ...)``,
+    An ``mmap`` of the whole file: ``len(region)`` is the file's size, and
+    ``memoryview(region)``, ``numpy.frombuffer(region, ...)``,
     ``region[a:b]`` all read the file's bytes, each first touch of a page
     being a fault the pager serves. A page the pager cannot read is
     poisoned: a raw access then kills the process with ``SIGBUS`` (with a
     ``faulthandler`` traceback), while :meth:`read` and :meth:`readinto`
     raise :class:`~aiomemmap.BusError`.
+
+    A shared region (the default) is read-only. A private one
+    (:attr:`private`) is copy-on-write: writable if it was mapped with
+    ``writable=True`` (a write to a read-only region is refused by Python's
+    buffer checks, or kills the process with ``SIGSEGV`` through a raw
+    pointer); the bytes written stay in this process.
 
     A child process made by ``fork()`` does not inherit the mapping.
 
@@ -177,16 +202,27 @@ class Region(mmap.mmap):
     _watchdog: subprocess.Popen[bytes] | None
     _pager_thread: int
     _url: str
+    _private: bool
+    _writable: bool
 
     def __new__(cls, *args: object, **kwargs: object) -> Region:
         """Refuse: regions come from :func:`map_file`."""
         raise TypeError("Region cannot be created directly: use aiomemmap.map_file()")
 
     @classmethod
-    def _create(cls, memfd: int, reply: MapReply, url: str, pager_pid: int) -> Region:
-        region = mmap.mmap.__new__(
-            cls, memfd, reply.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ
-        )
+    def _create(
+        cls,
+        memfd: int,
+        reply: MapReply,
+        url: str,
+        pager_pid: int,
+        *,
+        private: bool,
+        writable: bool,
+    ) -> Region:
+        flags = mmap.MAP_PRIVATE if private else mmap.MAP_SHARED
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        region = mmap.mmap.__new__(cls, memfd, reply.size, flags=flags, prot=prot)
         with buffer_address(region) as (address, _):
             region._address = address
         # A child made by fork() would get the mapping without the
@@ -198,6 +234,8 @@ class Region(mmap.mmap):
         region._pager_pid = pager_pid
         region._pager_thread = reply.thread
         region._url = url
+        region._private = private
+        region._writable = writable
         region._conn = None
         region._uffd = None
         region._watchdog = None
@@ -205,7 +243,20 @@ class Region(mmap.mmap):
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"at {self._address:#x}"
-        return f"<Region {self._url!r} size={self._size} {state}>"
+        kind = "private" if self._private else "shared"
+        if self._writable:
+            kind += " writable"
+        return f"<Region {self._url!r} {kind} size={self._size} {state}>"
+
+    @property
+    def private(self) -> bool:
+        """Whether the region is copy-on-write (its writes stay in this process)."""
+        return self._private
+
+    @property
+    def writable(self) -> bool:
+        """Whether the region may be written (private regions only)."""
+        return self._writable
 
     @property
     def address(self) -> int:
@@ -438,6 +489,8 @@ def map_file(
     /,
     *,
     engine: str | Engine | EngineThread | None = None,
+    private: bool = False,
+    writable: bool = False,
     timeout: float = DEFAULT_CONNECT_TIMEOUT,
     watchdog: bool = True,
     **storage_options: str | int | float | bool | None,
@@ -447,6 +500,13 @@ def map_file(
     Nothing is fetched up front: each first touch of a page is a fault the
     pager serves through its engine's cache of the file (fetching what is
     not cached), installing a fault-around chunk at a time.
+
+    A shared region (the default) is read-only and coherent with the
+    engine's cache. A private region is a copy-on-write mapping of the same
+    pages: what this process writes (with ``writable=True``) stays in this
+    process and survives the engine's invalidations of the file, while the
+    pages it only read follow the cache as a shared region's do (see the
+    module documentation).
 
     Args:
         url_or_path: What the pager's engine should open (a URL, or a path
@@ -461,6 +521,10 @@ def map_file(
             this process; then touch the region only through accessors that
             release the GIL, never from the engine's thread (see the module
             documentation).
+        private: Map the file copy-on-write (``MAP_PRIVATE``) instead of
+            shared.
+        writable: Allow writes; only with ``private=True`` (a shared
+            writable region is refused: see the module documentation).
         timeout: Seconds allowed for the handshake.
         watchdog: When the engine is another process, start the region's
             watchdog (:mod:`~aiomemmap.pager.watchdog`), which makes the
@@ -473,15 +537,27 @@ def map_file(
         The region; close it when done.
 
     Raises:
-        TypeError: Bad ``engine`` or options.
+        TypeError: Bad ``engine``, ``private``, ``writable`` or options.
+        ValueError: ``writable=True`` without ``private=True``; the file is
+            empty, or the pager broke the protocol
+            (:class:`~aiomemmap.pager.protocol.ProtocolError`).
         FileNotFoundError, PermissionError, OSError: The pager could not open
             the file, or refused this process.
-        ValueError: The file is empty, or the pager broke the protocol
-            (:class:`~aiomemmap.pager.protocol.ProtocolError`).
         TimeoutError: The handshake took longer than ``timeout``.
     """
     if not isinstance(url_or_path, str):
         raise TypeError(f"map_file: url_or_path must be a str, got {url_or_path!r}")
+    flags: dict[str, object] = {"private": private, "writable": writable}
+    for name, value in flags.items():
+        if type(value) is not bool:
+            raise TypeError(f"map_file: {name} must be True or False, got {value!r}")
+    if writable and not private:
+        raise ValueError(
+            "map_file: a shared region cannot be writable (the engine could "
+            "neither keep nor write back what a client writes into the shared "
+            "pages); use private=True, writable=True for a copy-on-write "
+            "region whose writes stay in this process"
+        )
     conn = _connect(engine, timeout)
     if not faulthandler.is_enabled():
         # A poisoned page kills the process: say where.
@@ -517,18 +593,32 @@ def map_file(
                     f"map reply: expected one descriptor, got {len(msg.fds)}"
                 )
             reply = decode_map_reply(msg.data)
-            region = Region._create(msg.fds[0], reply, url_or_path, creds.pid)
+            region = Region._create(
+                msg.fds[0],
+                reply,
+                url_or_path,
+                creds.pid,
+                private=private,
+                writable=writable,
+            )
         finally:
             close_fds(msg.fds)
-        uffd = Userfaultfd.create(optional_features=FEATURE_THREAD_ID | FEATURE_POISON)
+        # A private region is filled through the memfd's pages, which a
+        # minor fault maps (see the pager's session).
+        uffd = Userfaultfd.create(
+            features=FEATURE_MINOR_SHMEM if private else 0,
+            optional_features=FEATURE_THREAD_ID | FEATURE_POISON,
+        )
         region._uffd = uffd
-        ioctls = uffd.register(region.address, reply.length)
+        mode = REGISTER_MODE_MISSING | (REGISTER_MODE_MINOR if private else 0)
+        ioctls = uffd.register(region.address, reply.length, mode)
         register = {
             "op": "register",
             "start": region.address,
             "length": reply.length,
             "features": uffd.features,
             "ioctls": ioctls,
+            "private": private,
         }
         _send(conn, encode(register), [uffd.fileno()])
         msg = recv_message(conn, max_bytes=MAX_REQUEST_BYTES, max_fds=0)

@@ -4,8 +4,19 @@ Every client of one file and one uid maps the same memfd (see the package
 documentation for why the pages live here). The memfd is sized to the file
 rounded up to pages and sealed against growing, shrinking and further
 seals, so that no client can change its size under the others. The pager
-installs pages with ``UFFDIO_COPY`` only; it never writes or reads the memfd
-through a mapping of its own.
+never writes or reads the memfd through a mapping of its own. It fills a
+hole in one of two ways, both of which publish a page whole:
+
+* into a shared client's mapping, with ``UFFDIO_COPY`` (the page enters the
+  memfd and the client's page table at once);
+* for a private client, with :meth:`FilePages.publish`: a ``pwrite`` of
+  complete pages into the memfd, after which the client maps the page with
+  ``UFFDIO_CONTINUE``. The kernel keeps a page locked, and not up to date,
+  from the moment the write allocates it until the write has filled it;
+  every fault and read of the memfd waits for that lock (and fault-around
+  skips a locked page), so a shared client that touches the page meanwhile
+  sees it only whole. ``UFFDIO_COPY`` is never used for a private client:
+  it would give the client anonymous pages, which no punch can revoke.
 
 A ``FilePages`` is also a :class:`~aiomemmap.MappingSpace` of its cached
 file, mapping the whole file at addresses equal to the offsets: when the
@@ -27,7 +38,7 @@ from typing import Final, final
 
 from aiomemmap._core.errors import ClosedError
 from aiomemmap._core.host import punch_hole
-from aiomemmap._core.pages import page_round_up
+from aiomemmap._core.pages import PAGE_SIZE, page_round_up
 from aiomemmap._core.ranges import AddrRange
 from aiomemmap.memmap.interfaces import InvalidateOpts
 
@@ -96,6 +107,39 @@ class FilePages:
         if self._fd < 0:
             return 0
         return os.fstat(self._fd).st_blocks * 512
+
+    def publish(self, start: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data``, whole pages, into the memfd at offset ``start``.
+
+        Preconditions: the bytes are the file's current ones at those
+        offsets (read at :attr:`generation`, which has not changed since):
+        a page already present then holds the same bytes, so writing over
+        it changes nothing any client can see.
+
+        Args:
+            start: Page-aligned offset.
+            data: A non-empty multiple of the page size, ending inside the
+                memfd.
+
+        Raises:
+            ValueError: A misaligned or out-of-range span.
+            ClosedError: It is closed.
+            OSError: The host refused the memory.
+
+        Locking:
+            Takes no lock; never awaits.
+        """
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if start % PAGE_SIZE or n % PAGE_SIZE or n == 0 or start + n > self.length:
+            raise ValueError(
+                f"FilePages.publish: [{start}, {start + n}) is not whole pages "
+                f"inside {self.length} bytes"
+            )
+        fd = self.fileno()
+        done = 0
+        while done < n:
+            done += os.pwrite(fd, view[done:], start + done)
 
     def changed_since(self, generation: int, start: int, end: int) -> bool:
         """Return whether ``[start, end)`` was invalidated after ``generation``.

@@ -14,9 +14,13 @@ UTF-8 (descriptors attached as ``SCM_RIGHTS``):
    event-loop thread); or ``{"ok": false, "error": KIND, "message": TEXT}``
    and the pager closes the connection.
 3. client → pager, one descriptor (its userfaultfd): ``{"op": "register",
-   "start": ADDRESS, "length": LENGTH, "features": BITS, "ioctls": BITS}``
-   says where the client mapped the memfd (all of it, shared, registered
-   for missing-page faults).
+   "start": ADDRESS, "length": LENGTH, "features": BITS, "ioctls": BITS,
+   "private": BOOL}`` says where, and how, the client mapped the memfd (all
+   of it). A shared region (``"private": false``, the default when the
+   field is absent) is mapped ``MAP_SHARED`` and registered for
+   missing-page faults only; a private one is mapped ``MAP_PRIVATE`` and
+   registered for missing- and minor-page faults. The pager checks the
+   client's mappings against what it says, and refuses a mismatch.
 4. pager → client: ``{"ok": true}`` or an error as in 2.
 
 From then on the client sends nothing: the end of the connection tells the
@@ -100,6 +104,7 @@ class RegisterRequest:
     length: int
     features: int
     ioctls: int
+    private: bool = False
 
 
 def encode(obj: Mapping[str, object]) -> bytes:
@@ -227,7 +232,7 @@ def decode_register_request(data: bytes) -> RegisterRequest:
     """
     what = "register request"
     obj = _object(data, what)
-    _keys(obj, what, {"op", "start", "length", "features", "ioctls"}, set())
+    _keys(obj, what, {"op", "start", "length", "features", "ioctls"}, {"private"})
     if obj["op"] != "register":
         raise ProtocolError(f"{what}: op must be 'register', got {obj['op']!r}")
     start = _uint(obj, "start", what)
@@ -239,8 +244,15 @@ def decode_register_request(data: bytes) -> RegisterRequest:
         )
     if start + length > _ADDRESS_LIMIT:
         raise ProtocolError(f"{what}: the range overflows")
+    private = obj.get("private", False)
+    if type(private) is not bool:
+        raise ProtocolError(f"{what}: private must be true or false, got {private!r}")
     return RegisterRequest(
-        start, length, _uint(obj, "features", what), _uint(obj, "ioctls", what)
+        start,
+        length,
+        _uint(obj, "features", what),
+        _uint(obj, "ioctls", what),
+        private,
     )
 
 

@@ -2,11 +2,32 @@
 
 A session owns the userfaultfd a client sent, and serves the faults of the
 client's region: the client mapped its file's :class:`~aiomemmap.pager.
-file_pages.FilePages` memfd at ``start``, all ``length`` bytes, shared, and
-registered it for missing-page faults. A fault at ``start + offset`` is
-answered by reading the fault-around chunk at ``offset`` through the cached
-file and installing it whole with ``UFFDIO_COPY``, following the rules in
-the package documentation. Nothing here ever waits for the client.
+file_pages.FilePages` memfd at ``start``, all ``length`` bytes. A fault at
+``start + offset`` is answered by reading the fault-around chunk at
+``offset`` through the cached file and installing it whole, following the
+rules in the package documentation. Nothing here ever waits for the client.
+
+How a chunk is installed depends on how the client mapped the memfd, which
+the session reads from ``/proc/PID/smaps`` before serving anything (and
+refuses if it is not what the client said, or not registered as it must
+be):
+
+* **shared** (``MAP_SHARED``, registered for missing-page faults only):
+  ``UFFDIO_COPY`` from the session's buffer publishes each page into the
+  memfd and the client's page table in one step;
+* **private** (``MAP_PRIVATE``, registered for missing- *and* minor-page
+  faults): the chunk is written whole into the memfd
+  (:meth:`~aiomemmap.pager.file_pages.FilePages.publish`), then mapped with
+  ``UFFDIO_CONTINUE``. The client's pages are then the page cache's, so an
+  invalidation's punch takes them away again and the next touch refaults,
+  while the pages the client wrote (copied on write, its own) survive it.
+  ``UFFDIO_COPY`` is never used here: it would install anonymous pages that
+  no punch can revoke. Minor-fault registration is what makes this work:
+  a page already in the memfd (another client's) still faults, and is
+  mapped with ``UFFDIO_CONTINUE``; that ioctl also replaces a poison
+  marker, so a repaired page reaches a private client too (a wake after
+  the write would leave the marker in place); and it needs that
+  registration.
 
 The session ends (:attr:`Session.finished`) when the client is gone
 (``ESRCH``), unmapped its region (``ENOENT``), or broke the rules (a fault
@@ -17,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import re
 import signal
 from dataclasses import dataclass, field
 from typing import Final, final
@@ -38,9 +61,10 @@ from aiomemmap._core.uffd import (
 from aiomemmap.mappables.cached_file import CachedFile
 from aiomemmap.pager.fault_around import FaultAround
 from aiomemmap.pager.file_pages import FilePages
+from aiomemmap.pager.protocol import ProtocolError
 from aiomemmap.pager.watchdog import poison_unpopulated
 
-__all__ = ["Session", "SessionCounters"]
+__all__ = ["Session", "SessionCounters", "mapping_is_private"]
 
 RETRY_DELAY: Final = 0.0002
 """First wait before retrying a copy refused with ``EAGAIN`` (seconds)."""
@@ -52,6 +76,91 @@ _BATCH: Final = 64
 _MAX_READS: Final = 16
 """Reads of one chunk before its bytes are installed despite invalidations
 racing every read (only evictions, which change no byte, race that often)."""
+_VMA_HEAD: Final = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) ")
+
+
+def mapping_is_private(pid: int, start: int, length: int) -> bool:
+    """Return whether process ``pid`` maps ``[start, start + length)`` privately.
+
+    The range must be mapped throughout, all of it one kind: shared
+    (``MAP_SHARED``) and registered with a userfaultfd for missing-page
+    faults only, or private (``MAP_PRIVATE``) and registered for missing-
+    and minor-page faults (the ``um`` and ``ui`` flags of
+    ``/proc/PID/smaps``), and for nothing else.
+
+    Raises:
+        ProtocolError: It is not, or the process's mappings cannot be read.
+    """
+    end, at, kinds = start + length, start, set()
+    try:
+        with open(f"/proc/{pid}/smaps", encoding="ascii", errors="replace") as smaps:
+            text = smaps.read()
+    except OSError as exc:
+        raise ProtocolError(
+            f"the mappings of process {pid} cannot be read: {exc}"
+        ) from None
+    current: tuple[int, int, str] | None = None
+    for line in text.splitlines():
+        head = _VMA_HEAD.match(line)
+        if head is not None:
+            lo, hi = int(head[1], 16), int(head[2], 16)
+            current = (lo, hi, head[3]) if lo < end and at < hi else None
+            continue
+        if current is None or not line.startswith("VmFlags:"):
+            continue
+        lo, hi, perms = current
+        current = None
+        if lo > at:
+            break
+        private = perms[3] == "p"
+        flags = set(line.split()[1:])
+        wanted = {"um", "ui"} if private else {"um"}
+        if flags & {"um", "ui", "uw"} != wanted:
+            raise ProtocolError(
+                f"register request: the {'private' if private else 'shared'} "
+                f"mapping at {lo:#x} of process {pid} must be registered for "
+                f"{'missing and minor' if private else 'missing'} page faults "
+                f"only (its flags: {' '.join(sorted(flags))})"
+            )
+        kinds.add(private)
+        at = hi
+        if at >= end:
+            break
+    if at < end:
+        raise ProtocolError(
+            f"register request: [{start:#x}, {end:#x}) is not wholly mapped in "
+            f"process {pid} (checked up to {at:#x})"
+        )
+    if len(kinds) != 1:
+        raise ProtocolError(
+            f"register request: [{start:#x}, {end:#x}) is partly shared, partly "
+            f"private in process {pid}"
+        )
+    return kinds.pop()
+
+
+def _holds_file(pid: int, fd: int) -> bool:
+    """Return whether process ``pid`` has a descriptor of the file of our ``fd``.
+
+    ``fd`` itself does not count when ``pid`` is this process. True when
+    the process's descriptors cannot be listed.
+    """
+    st = os.fstat(fd)
+    own = pid == os.getpid()
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return True
+    for name in names:
+        if own and name == str(fd):
+            continue
+        try:
+            other = os.stat(f"/proc/{pid}/fd/{name}")
+        except OSError:  # Closed meanwhile, or not ours to look at.
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            return True
+    return False
 
 
 @dataclass(slots=True)
@@ -103,7 +212,14 @@ class Session:
         pages: The memfd the client mapped (its length is the region's).
         cached_file: Where the bytes come from.
         policy: The fault-around policy of this region.
-        client_pid: The client's pid (for messages).
+        client_pid: The client's pid (its mappings are checked).
+        private: Whether the client said it mapped the memfd privately;
+            ``None`` takes the kind from the client's mappings.
+
+    Raises:
+        ProtocolError: The client's mapping of the region is not of the
+            kind it said, or not registered as that kind must be (see
+            :func:`mapping_is_private`); ``uffd`` is closed then.
 
     Concurrency:
         Task-compatible: runs on the pager's loop only.
@@ -125,6 +241,7 @@ class Session:
         "last_error",
         "length",
         "poisoned",
+        "private",
         "reason",
         "start",
     )
@@ -138,7 +255,23 @@ class Session:
         cached_file: CachedFile,
         policy: FaultAround,
         client_pid: int,
+        private: bool | None = None,
     ) -> None:
+        try:
+            actual = mapping_is_private(client_pid, start, pages.length)
+            if private is not None and private != actual:
+                said, found = (
+                    ("private", "shared") if private else ("shared", "private")
+                )
+                raise ProtocolError(
+                    f"register request: the region was said to be {said}, "
+                    f"but process {client_pid} maps it {found}"
+                )
+        except BaseException:
+            uffd.close()
+            raise
+        self.private = actual
+        """Whether the client maps the memfd privately (filled through it)."""
         self._uffd = uffd
         self.start = start
         self.length = pages.length
@@ -161,8 +294,9 @@ class Session:
         self._closed = False
 
     def __repr__(self) -> str:
+        kind = "private" if self.private else "shared"
         return (
-            f"<Session pid={self.client_pid} [{self.start:#x}, "
+            f"<Session pid={self.client_pid} {kind} [{self.start:#x}, "
             f"{self.start + self.length:#x}) in_flight={len(self._in_flight)}>"
         )
 
@@ -186,6 +320,16 @@ class Session:
         is poisoned first (a touch gets ``SIGBUS``, a checked read
         ``BusError``), unless the client is gone or unmapped the region.
 
+        A client that closed its region has closed its userfaultfd too
+        (before its end of the connection): then nothing is poisoned. The
+        kernel lets any userfaultfd of a process resolve, or poison, any
+        range of that process registered with *another* one, so a region
+        the client has mapped since at the same addresses (the same file's
+        again, typically) would otherwise be poisoned by this old service.
+        Whether the client still holds the descriptor is told by its open
+        files (``/proc/PID/fd``: each userfaultfd is an inode of its own);
+        where that cannot be told, the pages are poisoned.
+
         Cancellation:
             Shielded by the caller (the pager's connection cleanup).
         """
@@ -203,10 +347,13 @@ class Session:
         if not self._uffd.closed:
             with contextlib.suppress(UffdError):
                 # Page by page over what the client mapped: off the loop.
-                await asyncio.to_thread(
-                    poison_unpopulated, self._uffd, self.start, self.length
-                )
+                await asyncio.to_thread(self._poison_if_still_held)
         self._uffd.close()
+
+    def _poison_if_still_held(self) -> None:
+        """Poison the unpopulated pages if the client still holds its descriptor."""
+        if _holds_file(self.client_pid, self._uffd.fileno()):
+            poison_unpopulated(self._uffd, self.start, self.length)
 
     def _end(self, reason: str) -> None:
         if not self.finished.is_set():
@@ -265,38 +412,75 @@ class Session:
 
     async def _resolve(self, start: int, chunk: _Chunk) -> None:
         try:
-            want = min(chunk.end, self._pages.size) - start
-            data = b""
-            try:
-                for _ in range(_MAX_READS):
-                    generation = self._pages.generation
-                    data = await self._cached_file.read(start, want)
-                    # Invalidated while read: those bytes may be stale.
-                    if not self._pages.changed_since(generation, start, chunk.end):
-                        break
+            while True:
+                try:
+                    data, generation = await self._read(start, chunk.end)
+                except Exception as exc:  # Any failure to read: never zeros.
+                    for page in sorted(chunk.waiting):
+                        if not await self._poison(page, exc):
+                            return
+                    return
+                installed = await self._install(start, data, generation)
+                if installed is None:
+                    # Invalidated while it waited to install: read again.
                     self.counters.rereads += 1
-                if len(data) != want:
-                    raise BusError(
-                        EOFError(
-                            f"read {len(data)} of {want} bytes at {start}: "
-                            "the file is shorter than when it was mapped"
-                        )
-                    )
-            except Exception as exc:  # Any failure to read: never zeros.
-                for page in sorted(chunk.waiting):
-                    if not await self._poison(page, exc):
-                        return
+                    continue
+                if installed:
+                    self.counters.chunks += 1
                 return
-            if len(data) < chunk.end - start:
-                data += bytes(chunk.end - start - len(data))
-            if await self._install(start, data):
-                self.counters.chunks += 1
         finally:
             if self._in_flight.get(start) is chunk:
                 del self._in_flight[start]
 
-    async def _install(self, start: int, data: bytes) -> bool:
-        """Copy ``data`` to the region at ``start``; False if the session ended."""
+    async def _read(self, start: int, end: int) -> tuple[bytes, int]:
+        """Read offsets ``[start, end)``, zero-padded past the file's end.
+
+        Returns:
+            The bytes, and the pages' generation they are current at.
+
+        Raises:
+            BusError: The file is shorter than when it was mapped.
+            Exception: Whatever the cached file's read raised.
+        """
+        want = min(end, self._pages.size) - start
+        data, generation = b"", self._pages.generation
+        for _ in range(_MAX_READS):
+            generation = self._pages.generation
+            data = await self._cached_file.read(start, want)
+            # Invalidated while read: those bytes may be stale.
+            if not self._pages.changed_since(generation, start, end):
+                break
+            self.counters.rereads += 1
+        if len(data) != want:
+            raise BusError(
+                EOFError(
+                    f"read {len(data)} of {want} bytes at {start}: "
+                    "the file is shorter than when it was mapped"
+                )
+            )
+        if len(data) < end - start:
+            data += bytes(end - start - len(data))
+        return data, generation
+
+    async def _install(self, start: int, data: bytes, generation: int) -> bool | None:
+        """Install ``data``, read at ``generation``, in the region at ``start``.
+
+        Returns:
+            True once installed; False if the session ended; None if the
+            offsets were invalidated before the bytes could all be installed
+            (read them again).
+        """
+        if self.private:
+            installed = await self._publish_and_map(start, data, generation)
+        else:
+            installed = await self._copy(start, data, generation)
+        if installed:
+            for page in range(start, start + len(data), PAGE_SIZE):
+                self.poisoned.discard(page)
+        return installed
+
+    async def _copy(self, start: int, data: bytes, generation: int) -> bool | None:
+        """Install into a shared region with ``UFFDIO_COPY``."""
         done, total, delay = 0, len(data), RETRY_DELAY
         punched: set[int] = set()
         with buffer_address(data) as (src, _):
@@ -314,6 +498,10 @@ class Session:
                     self.counters.retries += 1
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, _MAX_RETRY_DELAY)
+                    if self._pages.changed_since(
+                        generation, start + done, start + total
+                    ):
+                        return None
                 except UffdExists:
                     page = start + done
                     if page in self.poisoned and page not in punched:
@@ -322,6 +510,7 @@ class Session:
                         # (whoever maps it refaults), then install it here.
                         punched.add(page)
                         self._pages.revoke(page, page + PAGE_SIZE)
+                        generation = self._pages.generation
                         continue
                     self.counters.duplicates += 1
                     if not self._wake(dst):
@@ -330,8 +519,49 @@ class Session:
                 except UffdError as exc:
                     self._fail(exc)
                     return False
-        for page in range(start, start + total, PAGE_SIZE):
-            self.poisoned.discard(page)
+        return True
+
+    async def _publish_and_map(
+        self, start: int, data: bytes, generation: int
+    ) -> bool | None:
+        """Install into a private region: write the memfd, then ``UFFDIO_CONTINUE``.
+
+        The write comes first and whole (the caller checked, with no await
+        since, that ``data`` is current at ``generation``); the continue
+        then maps whatever page the memfd holds, which is current whenever
+        it is there: a page punched out meanwhile (``EFAULT``) sends the
+        chunk back to be read again.
+        """
+        if self._pages.changed_since(generation, start, start + len(data)):
+            return None
+        self._pages.publish(start, data)
+        done, total, delay = 0, len(data), RETRY_DELAY
+        while done < total:
+            dst = self.start + start + done
+            try:
+                self._uffd.continue_(dst, total - done)
+                self.counters.bytes_installed += total - done
+                done = total
+            except UffdRetry as exc:
+                if exc.bytes_done > 0:
+                    self.counters.bytes_installed += exc.bytes_done
+                    done += exc.bytes_done
+                    continue
+                self.counters.retries += 1
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_RETRY_DELAY)
+            except UffdExists:
+                # Mapped already (a duplicate fault, or a page the client
+                # has written): whole either way.
+                self.counters.duplicates += 1
+                if not self._wake(dst):
+                    return False
+                done += PAGE_SIZE
+            except UffdError as exc:
+                if exc.errno == errno.EFAULT:
+                    return None
+                self._fail(exc)
+                return False
         return True
 
     async def _poison(self, page: int, cause: BaseException) -> bool:
@@ -394,9 +624,11 @@ class Session:
                     continue
                 if len(data) < PAGE_SIZE:
                     data += bytes(PAGE_SIZE - len(data))
-                if not await self._install(page, data):
+                installed = await self._install(page, data, generation)
+                if installed is False:
                     return
-                self.counters.repaired += 1
+                if installed:
+                    self.counters.repaired += 1
 
     def _wake(self, address: int) -> bool:
         try:
