@@ -538,10 +538,11 @@ async def run_real_phases(
             err.flush()
             mapped = await client.ask("map", url=url, engine=phase.pager.address)
             phase.size = _int(mapped, "size")
-            before = phase.counts()
             answer = await client.ask("touch", reads=reads)
             touched = sum(n for _, n in reads)
-            phases.append(phase.measured(_TOUCHES, before, answer, touched, len(reads)))
+            phases.append(
+                phase.measured(_TOUCHES, phase.opened, answer, touched, len(reads))
+            )
             crcs = answer["crcs"]
             assert isinstance(crcs, list)
             await client.ask("close")
