@@ -16,6 +16,9 @@ with the requests and body bytes the server counted for each.
 
 Each workload starts cold: it gets a fresh cached file and mapping, which are
 unmapped and closed when it ends.
+
+With ``real``, the phases of :mod:`~aiomemmap.tools.demo_real` follow: a
+client process maps the same file as real memory and reads it with numpy.
 """
 
 from __future__ import annotations
