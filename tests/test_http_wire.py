@@ -351,3 +351,109 @@ async def test_the_pool_refuses_redirects_before_landing_anything() -> None:
         finally:
             pool.close()
     assert landed == []
+
+
+@asynccontextmanager
+async def trickling_server(body: bytes, piece: int, pause: float) -> AsyncIterator[int]:
+    """Answer every request with ``body``, ``piece`` bytes every ``pause`` s."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                writer.write(
+                    b"HTTP/1.1 206 Partial Content\r\n"
+                    + f"Content-Range: bytes 0-{len(body) - 1}/{len(body)}\r\n".encode()
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                )
+                for at in range(0, len(body), piece):
+                    await asyncio.sleep(pause)
+                    writer.write(body[at : at + piece])
+                    await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_answer_that_keeps_coming_outlasts_the_wait_bound() -> None:
+    # Twelve pieces 50 ms apart: the whole answer takes longer than the
+    # bound, no silence does.
+    body = DATA[:12_000]
+    got = bytearray(len(body))
+
+    def land(piece: memoryview, done: int) -> None:
+        got[done : done + len(piece)] = piece
+
+    async with trickling_server(body, 1_000, 0.05) as port:
+        pool = WirePool("127.0.0.1", port, None, limit=1, timeout=0.5)
+        try:
+            with anyio.fail_after(DEADLINE):
+                answer, n = await pool.get(
+                    "/obj",
+                    {"Range": f"bytes=0-{len(body) - 1}"},
+                    lambda a: len(body),
+                    land,
+                )
+        finally:
+            pool.close()
+    assert (answer.status, n, bytes(got)) == (206, len(body), body)
+
+
+async def test_a_landing_that_fails_fails_the_read_and_retires_the_connection() -> None:
+    calls: list[int] = []
+
+    def failing(piece: memoryview, done: int) -> None:
+        calls.append(done)
+        raise OSError(errno.ENOSPC, "no room")
+
+    kept: list[bytes] = []
+
+    def keep(piece: memoryview, done: int) -> None:
+        kept.append(bytes(piece))
+
+    async with WireServer(good).running() as srv:
+        pool = WirePool("127.0.0.1", srv.port, None, limit=2, timeout=5.0)
+        try:
+            with anyio.fail_after(DEADLINE):
+                with pytest.raises(OSError, match="no room") as caught:
+                    await pool.get(
+                        "/obj", {"Range": "bytes=0-999"}, lambda a: 1000, failing
+                    )
+                assert caught.value.errno == errno.ENOSPC
+                assert pool._idle == []
+                _answer, n = await pool.get(
+                    "/obj", {"Range": "bytes=0-999"}, lambda a: 1000, keep
+                )
+        finally:
+            pool.close()
+    assert calls == [0]
+    assert (n, b"".join(kept)) == (1000, DATA[:1000])
+    assert (srv.connections, srv.requests) == (2, 2)
+
+
+async def test_bodies_larger_than_one_read_land_whole_and_in_order() -> None:
+    # Several reads' worth per answer, so that the head's read is followed
+    # by more of the body before it is asked for.
+    data = random.Random(7).randbytes(3 * 1024 * 1024 + 123)
+    async with RangeHTTPServer() as srv:
+        srv.add("big.bin", data)
+        backing = HttpBacking(srv.url("big.bin"))
+        try:
+            with anyio.fail_after(DEADLINE):
+                got = await asyncio.gather(
+                    read(backing, 0, len(data)),
+                    read(backing, 1_000_000, 2_000_000),
+                    read(backing, 5, 1),
+                )
+        finally:
+            await backing.aclose()
+    assert list(got) == [data, data[1_000_000:3_000_000], data[5:6]]

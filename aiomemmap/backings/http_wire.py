@@ -7,7 +7,9 @@ reader that copies every piece of the body into its own buffers) spends
 several times what the request needs. A :class:`WirePool` writes the request
 line and headers itself, parses the status line and headers of the answer,
 and hands each piece of the body, as the connection delivers it, to the
-caller's ``land`` function, with no other copy.
+caller's ``land`` function. The socket is read straight into a buffer of
+the connection's own, reused for every read: no object is allocated for
+the bytes that arrive, and the only copy before ``land`` is the kernel's.
 
 Only what a byte-range read needs is spoken: HTTP/1.1, ``Content-Length``
 bodies, keep-alive. An answer this module does not handle (a redirect, a
@@ -29,6 +31,9 @@ __all__ = ["WireAnswer", "WirePool", "WireUnsupported"]
 
 # The most bytes of status line and headers an answer may have.
 _MAX_HEAD: Final[int] = 64 * 1024
+# The most bytes one read from a connection takes: the size of its buffer,
+# and so of the largest piece of a body handed to ``land`` at once.
+_READ_SIZE: Final[int] = 256 * 1024
 
 
 class WireUnsupported(Exception):
@@ -93,16 +98,32 @@ def _parse_head(head: bytes) -> WireAnswer:
 
 
 @final
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection: one request and its answer at a time."""
+class _Connection(asyncio.BufferedProtocol):
+    """One keep-alive connection: one request and its answer at a time.
+
+    The transport reads straight into the connection's own buffer
+    (``asyncio.BufferedProtocol``): an answer's head is gathered there, and
+    each piece of its body is handed to ``land`` as a view of the buffer,
+    valid for that call only. No ``bytes`` object is made for what
+    arrives, and reading never pauses unless the buffer fills up before the
+    body is asked for.
+    """
 
     __slots__ = (
+        "_asking",
         "_body_left",
         "_buffer",
         "_done",
+        "_error",
+        "_filled",
         "_head_end",
         "_land",
         "_landed",
+        "_loop",
+        "_paused",
+        "_progress",
+        "_timer",
+        "_view",
         "_waiter",
         "closed",
         "reusable",
@@ -113,43 +134,65 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.reusable = False
-        # The answer's head as it arrives (and whatever came with it); once
-        # the head is complete, reading pauses until its body is asked for.
-        self._buffer = bytearray()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._buffer = bytearray(_READ_SIZE)
+        self._view = memoryview(self._buffer)
+        # Bytes of the answer's head (and whatever came with it) in the
+        # buffer, and where the head ends (-1 until it has all arrived).
+        self._filled = 0
         self._head_end = -1
+        # A request was sent whose answer has not been wholly read.
+        self._asking = False
+        self._paused = False
         self._waiter: asyncio.Future[None] | None = None
-        self._land: Callable[[bytes | memoryview, int], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        # Bumped on every read: what the timer looks at to tell a slow
+        # answer from a stalled one.
+        self._progress = 0
+        self._land: Callable[[memoryview, int], None] | None = None
         self._landed = 0
         self._body_left = 0
         self._done = False
+        self._error: BaseException | None = None
 
-    # -- asyncio.Protocol -------------------------------------------------
+    # -- asyncio.BufferedProtocol -------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without deriving
         # from it.
         self.transport = typing.cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._land is not None:
+            # Never read past the body: what follows it is not this answer's.
+            left = self._body_left
+            return self._view[:left] if 0 < left < _READ_SIZE else self._view
+        return self._view[self._filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._progress += 1
         land = self._land
         if land is not None:
-            self._feed(land, data)
+            self._feed(land, self._view[:nbytes])
             return
-        buffer = self._buffer
-        if self._head_end >= 0:
-            # Arrived after the head, before its body was asked for.
-            buffer += data
+        if not self._asking:
+            # Bytes nobody asked for (past a body, or between exchanges): the
+            # connection can no longer be trusted to frame an answer.
+            self.close()
             return
-        scan_from = max(0, len(buffer) - 3)
-        buffer += data
-        end = buffer.find(b"\r\n\r\n", scan_from)
-        if end >= 0:
-            self._head_end = end
-            if self.transport is not None:
-                self.transport.pause_reading()
-            self._wake()
-        elif len(buffer) > _MAX_HEAD:
-            self._wake()
+        start = self._filled
+        filled = self._filled = start + nbytes
+        if self._head_end < 0:
+            end = self._buffer.find(b"\r\n\r\n", max(0, start - 3), filled)
+            if end >= 0:
+                self._head_end = end
+                self._wake()
+            elif filled > _MAX_HEAD:
+                self._wake()
+        if filled == _READ_SIZE:
+            # Full before the body was asked for: wait for receive().
+            self._pause()
 
     def eof_received(self) -> bool:
         self._lost()
@@ -168,47 +211,83 @@ class _Connection(asyncio.Protocol):
     def _body_pending(self) -> bool:
         return not self._done and not self.closed
 
-    def _resume(self) -> None:
-        """Read again (reading pauses at the end of each head)."""
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
+    def _pause(self) -> None:
+        if self.transport is not None and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _unpause(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
 
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _feed(
-        self, land: Callable[[bytes | memoryview, int], None], data: bytes | memoryview
-    ) -> None:
+    def _feed(self, land: Callable[[memoryview, int], None], data: memoryview) -> None:
         n = len(data)
         if n >= self._body_left:
             if n > self._body_left:
                 # More than the body: a broken answer, or a pipelined one we
                 # never asked for. Either way the connection is done for.
                 self.reusable = False
-                data = memoryview(data)[: self._body_left]
+                data = data[: self._body_left]
                 n = self._body_left
             self._done = True
+            self._asking = False
         if n:
-            land(data, self._landed)
-            self._landed += n
-            self._body_left -= n
+            try:
+                land(data, self._landed)
+            except BaseException as exc:
+                # Raised to the caller of receive(), not into the transport.
+                self._error = exc
+                self._done = True
+                self._asking = False
+                self.close()
+            else:
+                self._landed += n
+                self._body_left -= n
         if self._done:
             self._land = None
             self._wake()
 
     async def _wait(self, wait_bound: float | None) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+        """Wait until woken; ``TimeoutError`` after ``wait_bound`` s without a read."""
+        loop = self._loop
+        if loop is None:
+            raise ConnectionResetError(errno.ECONNRESET, "connection not made")
+        waiter = loop.create_future()
         self._waiter = waiter
+        if wait_bound is not None:
+            self._timer = loop.call_later(
+                wait_bound, self._expire, waiter, self._progress, wait_bound
+            )
         try:
-            if wait_bound is None:
-                await waiter
-            else:
-                async with asyncio.timeout(wait_bound):
-                    await waiter
+            await waiter
         finally:
             self._waiter = None
+            timer, self._timer = self._timer, None
+            if timer is not None:
+                timer.cancel()
+
+    def _expire(
+        self, waiter: asyncio.Future[None], progress: int, wait_bound: float
+    ) -> None:
+        """The wait bound passed: fail the wait unless something arrived."""
+        if waiter.done():
+            return
+        if self._progress != progress and self._loop is not None:
+            self._timer = self._loop.call_later(
+                wait_bound, self._expire, waiter, self._progress, wait_bound
+            )
+            return
+        self._timer = None
+        waiter.set_exception(
+            TimeoutError(errno.ETIMEDOUT, f"nothing arrived for {wait_bound:g} s")
+        )
 
     # -- one exchange -------------------------------------------------------
 
@@ -218,29 +297,30 @@ class _Connection(asyncio.Protocol):
         Raises:
             ConnectionResetError: The connection closed before a head came.
             OSError: ``EPROTO`` for a malformed or oversized head.
-            TimeoutError: A wait for the head outlasted ``wait_bound``.
+            TimeoutError: Nothing arrived for ``wait_bound`` seconds.
         """
         transport = self.transport
         if transport is None or self.closed:
             raise ConnectionResetError(errno.ECONNRESET, "connection closed")
         self.reusable = False
-        self._buffer.clear()
+        self._filled = 0
         self._head_end = -1
+        self._asking = True
         transport.write(request)
         while self._head_end < 0:
-            if len(self._buffer) > _MAX_HEAD:
+            if self._filled > _MAX_HEAD:
                 raise OSError(errno.EPROTO, "HTTP answer head too large")
             if self.closed:
                 raise ConnectionResetError(
                     errno.ECONNRESET, "the server closed the connection"
                 )
             await self._wait(wait_bound)
-        return _parse_head(bytes(self._buffer[: self._head_end]))
+        return _parse_head(bytes(self._view[: self._head_end]))
 
     async def receive(
         self,
         length: int,
-        land: Callable[[bytes | memoryview, int], None],
+        land: Callable[[memoryview, int], None],
         wait_bound: float | None,
     ) -> int:
         """Land a body of ``length`` bytes; return how many arrived.
@@ -249,32 +329,50 @@ class _Connection(asyncio.Protocol):
 
         Preconditions:
             :meth:`send` returned the head of this body.
+
+        Raises:
+            Exception: What ``land`` raised (the connection is then closed).
+            TimeoutError: Nothing arrived for ``wait_bound`` seconds.
         """
         self._landed = 0
         self._body_left = length
         self._done = length == 0
-        leftover = bytes(self._buffer[self._head_end + 4 :])
-        self._buffer.clear()
+        self._error = None
+        start, filled = self._head_end + 4, self._filled
+        self._filled = 0
         self._head_end = -1
-        if leftover:
-            if self._done:
-                self.reusable = False
-            else:
-                self._feed(land, leftover)
         try:
-            if not self._done:
+            if filled > start:
+                if self._done:
+                    self.reusable = False
+                else:
+                    # What came with the head, fed from the buffer as is.
+                    self._feed(land, self._view[start:filled])
+            if self._done:
+                self._asking = False
+            else:
                 self._land = land
-                self._resume()
+                self._unpause()
                 while self._body_pending():
                     await self._wait(wait_bound)
         finally:
             self._land = None
-        self._resume()
+            if not self._done:
+                self._asking = False
+        self._unpause()
+        self._raise_landing_error()
         return self._landed
+
+    def _raise_landing_error(self) -> None:
+        """Raise what ``land`` raised during the last body, if anything."""
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
     def close(self) -> None:
         self.reusable = False
         self.closed = True
+        self._asking = False
         if self.transport is not None:
             self.transport.close()
 
@@ -354,7 +452,7 @@ class WirePool:
         target: str,
         headers: Mapping[str, str],
         check: Callable[[WireAnswer], int],
-        land: Callable[[bytes | memoryview, int], None],
+        land: Callable[[memoryview, int], None],
     ) -> tuple[WireAnswer, int]:
         """Send ``GET target`` and land the answer's body.
 
@@ -368,7 +466,9 @@ class WirePool:
             headers: Header fields to send besides ``Host``.
             check: Judges the head; returns the bytes to land.
             land: Called with each piece of the body and the bytes landed
-                before it.
+                before it. The piece is a view of the connection's buffer,
+                valid only during the call: ``land`` copies it out (or
+                writes it somewhere) before it returns.
 
         Returns:
             The answer's head and the bytes landed: fewer than ``check``
@@ -378,7 +478,8 @@ class WirePool:
             WireUnsupported: A redirect, an informational status or a body
                 in a transfer coding; nothing was landed.
             ConnectionError: The connection failed.
-            TimeoutError: A wait for the server outlasted the bound.
+            TimeoutError: The server sent nothing for ``timeout`` seconds
+                (or a connection took longer to open).
             OSError: ``EPROTO`` for a malformed answer.
             Exception: What ``check`` or ``land`` raised.
 
@@ -411,7 +512,7 @@ class WirePool:
         conn: _Connection,
         answer: WireAnswer,
         check: Callable[[WireAnswer], int],
-        land: Callable[[bytes | memoryview, int], None],
+        land: Callable[[memoryview, int], None],
     ) -> int:
         status = answer.status
         if status < 200 or 300 <= status < 400:
