@@ -71,17 +71,20 @@ from aiomemmap import (
     FaultInjectingBacking,
     LocalFileBacking,
     MemoryFile,
+    MemoryKind,
     MMapOpts,
     RetryPolicy,
     StaleVersionError,
     page_round_up,
 )
+from aiomemmap.mappables.fetcher import Fetcher
 from aiomemmap.mappables.readahead import (
     AdaptiveReadahead,
     FixedReadahead,
     NoReadahead,
     ReadaheadPolicy,
 )
+from aiomemmap.mm.io import faults_in_flight
 
 P = PAGE_SIZE
 KiB = 1024
@@ -170,7 +173,9 @@ class VersionedObject:
 class HangingBacking:
     """Forward to a backing, except reads of :attr:`hang_ranges`: they never end.
 
-    Only a timeout or a cancellation gets a caller out of such a read.
+    Only a timeout or a cancellation gets a caller out of such a read. Each
+    hung read is recorded (when, and at which offset), so that a report can
+    tell a range read once and waited for from one read again and again.
     """
 
     def __init__(self, inner: FaultInjectingBacking) -> None:
@@ -178,6 +183,11 @@ class HangingBacking:
         self.readonly = inner.readonly
         self.hang_ranges: list[tuple[int, int]] = []
         self.hangs = 0
+        self.hung_reads: deque[tuple[float, int]] = deque(maxlen=4096)
+
+    def hung_since(self, since: float) -> Counter[int]:
+        """Hung reads started at or after ``since`` (monotonic), by offset."""
+        return Counter(off for t, off in self.hung_reads if t >= since)
 
     async def size(self) -> int:
         return await self.inner.size()
@@ -189,6 +199,7 @@ class HangingBacking:
         end = offset + len(buf)
         if any(a < end and offset < b for a, b in self.hang_ranges):
             self.hangs += 1
+            self.hung_reads.append((time.monotonic(), offset))
             await anyio.sleep_forever()
         return await self.inner.read_into(offset, buf)
 
@@ -241,6 +252,12 @@ class RWLock:
         self._writer = False
         self._writers_waiting = 0
 
+    def __repr__(self) -> str:
+        return (
+            f"RWLock(readers={self._readers}, writer={self._writer}, "
+            f"writers_waiting={self._writers_waiting})"
+        )
+
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[None]:
         async with self._cond:
@@ -262,8 +279,13 @@ class RWLock:
             try:
                 while self._writer or self._readers:
                     await self._cond.wait()
-            finally:
+            except BaseException:
+                # A writer that gives up waiting lets in the readers it held
+                # back (the condition's lock is held again here).
                 self._writers_waiting -= 1
+                self._cond.notify_all()
+                raise
+            self._writers_waiting -= 1
             self._writer = True
         try:
             yield
@@ -293,6 +315,7 @@ class FileModel:
     floor: int = 0
     regions: list[anyio.Lock] = field(default_factory=list)
     on_close: Callable[[], bytes] | None = None
+    hanging: HangingBacking | None = None
 
     def version_count(self) -> int:
         return len(self.versions)
@@ -466,7 +489,8 @@ class Soak:
         self.server: Any = None
         self.current: dict[int, str] = {}
         self.started: dict[int, float] = {}
-        self.stacks = ""
+        self.mf: MemoryFile | None = None
+        self.hang_report = ""
 
     # -- failure reporting ------------------------------------------------
 
@@ -567,7 +591,7 @@ class Soak:
                 max_fetch_bytes=rng.choice([2, 4]) * P,
                 name=f"ro{i}",
             )
-            add(FileModel(f"ro{i}", "ro", cf, size, data=bytearray(data)))
+            add(FileModel(f"ro{i}", "ro", cf, size, data=bytearray(data), hanging=hang))
         for i in range(2):
             data = rng.randbytes(rng.randrange(8, 40) * P + rng.randrange(P))
             obj = VersionedObject(data)
@@ -1262,27 +1286,87 @@ class Soak:
                     f"{self.config.deadline:g} s deadline: "
                     f"{self.current.get(index, '?')}"
                 )
-                if self.stacks:
-                    failure.add_note(self.stacks)
+                failure.add_note(self.hang_report or self.state_report())
                 raise failure from exc
         self.started.pop(index, None)
 
     async def watchdog(self) -> None:
-        """Keep the stack of every task once an operation nears its deadline.
+        """Keep a report of the run's state once an operation nears its deadline.
 
         A hang is diagnosed by what each task waits for at the moment it
-        hangs, before the deadline cancels the stuck operation.
+        hangs, before the deadline cancels the stuck operation: the state of
+        the budget, files, spaces and workers (:meth:`state_report`) and the
+        stack of every task.
         """
         while True:
-            await anyio.sleep(0.5)
+            await anyio.sleep(min(0.5, self.config.deadline / 10))
             now = time.monotonic()
             late = [
                 w
                 for w, t in self.started.items()
                 if now - t > self.config.deadline * 0.9
             ]
-            if late and not self.stacks:
-                self.stacks = _task_stacks()
+            if late and not self.hang_report:
+                names = {id(sm.space): sm.name for sm in self.spaces}
+                self.hang_report = self.state_report() + _task_stacks(names)
+
+    def state_report(self) -> str:
+        """What every part of the run is doing now, for a failure's notes.
+
+        The memory file's budget (used, cached, pinned, over budget); each
+        file's cache (size, resident and dirty bytes, fetches in flight) and,
+        for a file whose storage hangs, its hung ranges and the reads that
+        hung there within the last deadline, by offset (a range read again
+        and again names an operation that keeps fetching it); each space's
+        mappings, its lock of the soak and the faults it has waiting; each
+        worker's operation and how long it has run.
+        """
+        now = time.monotonic()
+        window = self.config.deadline
+        out = io.StringIO()
+        out.write("state of the run:\n")
+        mf = self.mf
+        if mf is not None and not mf.closed:
+            st = mf.statistics()
+            cached = st.bytes_by_kind.get(MemoryKind.PAGE_CACHE, 0)
+            out.write(
+                f"  memory file: used={st.used_bytes:#x} page_cache={cached:#x} "
+                f"limit={self.config.cache_limit:#x} "
+                f"over_budget={mf.cache_over_budget():#x} "
+                f"pinned={mf.evictor.pinned_bytes:#x} evictions={st.evictions}\n"
+            )
+        for fm in self.files:
+            cf = fm.cf
+            if cf.closed:
+                out.write(f"  {fm.name}: closed\n")
+                continue
+            cs = cf.statistics()
+            size = "?" if cf.size is None else f"{cf.size:#x}"
+            out.write(
+                f"  {fm.name}: size={size} resident={cs.resident_bytes:#x} "
+                f"dirty={cs.dirty_bytes:#x} fetches_in_flight="
+                f"{cs.fetches_in_flight} fetches={cs.fetches}\n"
+            )
+            hb = fm.hanging
+            if hb is not None and (hb.hang_ranges or hb.hung_reads):
+                recent = hb.hung_since(now - window)
+                top = ", ".join(
+                    f"{off:#x}: {n}" for off, n in sorted(recent.most_common(6))
+                )
+                ranges = ", ".join(f"[{a:#x}, {b:#x})" for a, b in hb.hang_ranges)
+                out.write(
+                    f"    hang ranges: {ranges or 'none'}; hung reads in the last "
+                    f"{window:g} s by offset: {top or 'none'}\n"
+                )
+        for sm in self.spaces:
+            out.write(
+                f"  {sm.name}: closing={sm.closing} mappings={len(sm.mappings)} "
+                f"{sm.lock!r} faults_in_flight="
+                f"{faults_in_flight(sm.space) if not sm.space.closed else '-'}\n"
+            )
+        for w, t in sorted(self.started.items()):
+            out.write(f"  w{w}: {now - t:.1f} s in {self.current.get(w, '?')}\n")
+        return out.getvalue()
 
     # -- the run ----------------------------------------------------------
 
@@ -1293,6 +1377,7 @@ class Soak:
             tempfile.TemporaryDirectory(prefix="aiomemmap-chaos-") as tmp,
             MemoryFile("chaos", cache_limit=cfg.cache_limit) as mf,
         ):
+            self.mf = mf
             async with contextlib.AsyncExitStack() as stack:
                 with anyio.fail_after(cfg.deadline):
                     await self.setup(mf, tmp, stack)
@@ -1422,8 +1507,30 @@ class Soak:
             faults["http_412"] += self.server.precondition_failures
 
 
-def _task_stacks() -> str:
-    """Every task of the running loop with the chain of frames it waits in."""
+_NAMED = (CachedFile, AddressSpace, Fetcher)
+"""Objects named next to a frame whose ``self`` they are, in task stacks."""
+
+
+def _frame_note(frame: Any, names: dict[int, str]) -> str:
+    """What a frame works on: its ``self`` if named, a read's offset."""
+    f_locals = frame.f_locals
+    notes = []
+    owner = f_locals.get("self")
+    if isinstance(owner, _NAMED):
+        label = names.get(id(owner))
+        notes.append(repr(owner) if label is None else f"{label} {owner!r}")
+    offset = f_locals.get("offset")
+    if frame.f_code.co_name == "read_into" and isinstance(offset, int):
+        notes.append(f"offset={offset:#x}")
+    return f" [{'; '.join(notes)}]" if notes else ""
+
+
+def _task_stacks(names: dict[int, str]) -> str:
+    """Every task of the running loop with the chain of frames it waits in.
+
+    Args:
+        names: The soak's names of objects (by ``id``), shown next to them.
+    """
     out = io.StringIO()
     for task in asyncio.all_tasks():
         out.write(f"--- {task.get_name()}\n")
@@ -1435,7 +1542,7 @@ def _task_stacks() -> str:
                 code = frame.f_code
                 out.write(
                     f"    {code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno} "
-                    f"{code.co_name}\n"
+                    f"{code.co_name}{_frame_note(frame, names)}\n"
                 )
             aw = (
                 getattr(aw, "cr_await", None)

@@ -263,6 +263,9 @@ class Fetcher:
         self.bytes_fetched = 0
         """Bytes read from the backing."""
 
+    def __repr__(self) -> str:
+        return f"<Fetcher of {self._owner!r}: {len(self._tasks)} in flight>"
+
     # ------------------------------------------------------------------
     # Queries
 
