@@ -15,8 +15,8 @@ from aiomemmap.tools.bench._served import ServedFiles, ServerCounts, serve_paylo
 
 MiB = 1 << 20
 
-SCAN_ROWS = ["P3", "P3b", "P3m", "P3l", "P3o", "P3f"]
-CONCURRENT_ROWS = ["P3c", "P3cb", "P3cm", "P3cl", "P3co", "P3cf"]
+SCAN_ROWS = ["P3", "P3b", "P3m", "P3l", "P3v", "P3o", "P3f"]
+CONCURRENT_ROWS = ["P3c", "P3cb", "P3cm", "P3cl", "P3cv", "P3co", "P3cf"]
 RANDOM_ROWS = ["P4", "P4b", "P4c", "P4r", "P4o", "P4f"]
 FSSPEC_CACHE_TYPES = ["readahead", "blockcache", "bytes", "background", "adaptive"]
 
@@ -115,7 +115,7 @@ def test_remote_rows_run_against_a_served_process(tmp_path):
         (row,) = by_id[target]
         assert row["met"] is not None
         assert row["target"]
-    for info in ("P3o", "P3f", "P3co", "P3cf", "P4r", "P4o", "P4f"):
+    for info in ("P3v", "P3o", "P3f", "P3cv", "P3co", "P3cf", "P4r", "P4o", "P4f"):
         assert all(row["met"] is None for row in by_id[info])
 
     # Every fsspec cache type is measured, once per workload.
@@ -131,8 +131,14 @@ def test_remote_rows_run_against_a_served_process(tmp_path):
     assert mib >= 4.0
     assert counts(str(p3["baseline_name"])) == (1, 4.0)
     (p3m,) = by_id["P3m"]
-    # One HEAD, then one range of up to 8 MiB.
+    # One HEAD, then one range of up to 8 MiB; reading it out asks nothing.
     assert counts(str(p3m["baseline_name"])) == (2, 4.0)
+    assert "read out" in str(p3m["baseline_name"])
+    # The other way round: ours through read_view, the fetcher landing only.
+    (p3v,) = by_id["P3v"]
+    assert "read_view" in str(p3v["name"])
+    assert counts(str(p3v["baseline_name"])) == (2, 4.0)
+    assert counts(str(p3v["name"]))[1] >= 4.0
     # The landing floor: one whole GET per file, every byte landed.
     (p3l,) = by_id["P3l"]
     assert counts(str(p3l["baseline_name"])) == (1, 4.0)
@@ -145,6 +151,8 @@ def test_remote_rows_run_against_a_served_process(tmp_path):
     assert counts(str(p3c["baseline_name"])) == (4, 4.0)
     (p3cm,) = by_id["P3cm"]
     assert counts(str(p3cm["baseline_name"])) == (8, 4.0)
+    (p3cv,) = by_id["P3cv"]
+    assert counts(str(p3cv["baseline_name"])) == (8, 4.0)
     (p3o,) = by_id["P3o"]
     assert counts(str(p3o["baseline_name"])) == (1, 4.0)
     (p4r,) = by_id["P4r"]

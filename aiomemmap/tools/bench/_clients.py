@@ -9,7 +9,8 @@ byte asked for has arrived:
   dropped: the wire's ceiling for one connection per file.
 * :func:`range_fetch`: a minimal parallel range fetcher: one ``HEAD`` per
   file for its size, then ranges of 8 MiB, 8 in flight in all, each response
-  chunk landed with ``os.pwrite`` into a memfd at its offset.
+  chunk landed with ``os.pwrite`` into a memfd at its offset; optionally the
+  bytes read out of the memfd in order, as a scan reads them.
 * :func:`range_gets`: raw aiohttp range ``GET`` requests by concurrent tasks.
 * :func:`fsspec_scan` and :func:`fsspec_random`: fsspec's HTTP file with one
   cache type, one thread per reader, each with a handle of its own.
@@ -132,7 +133,7 @@ async def whole_get_landed(urls: Sequence[str]) -> int:
         return sum(await asyncio.gather(*(one(session, u) for u in urls)))
 
 
-async def range_fetch(urls: Sequence[str]) -> int:
+async def range_fetch(urls: Sequence[str], read_size: int | None = None) -> int:
     """Land each of ``urls`` in a memfd of its own with parallel range GETs.
 
     A ``HEAD`` per file for its size, then :data:`RANGE_FETCH_IN_FLIGHT`
@@ -141,8 +142,14 @@ async def range_fetch(urls: Sequence[str]) -> int:
     each chunk of the answer with ``os.pwrite`` at its offset. The memfds
     are closed at the end.
 
+    With ``read_size``, the bytes are also read, as a scan reads them: one
+    reader per file waits for each part in order and copies it out of the
+    memfd (``os.preadv``) in reads of ``read_size`` bytes into one reused
+    buffer, so that every byte reaches the reader once, as a cached file's
+    ``readinto`` gives it.
+
     Returns:
-        The bytes landed.
+        The bytes landed, or with ``read_size`` the bytes read.
 
     Raises:
         RuntimeError: A range came back short.
@@ -165,6 +172,20 @@ async def range_fetch(urls: Sequence[str]) -> int:
         if pos != end:
             raise _short(f"range {start}-{end} of {url}", pos - start, end - start)
 
+    async def read_out(fd: int, parts: Sequence[tuple[int, asyncio.Event]]) -> int:
+        assert read_size is not None
+        buf = bytearray(read_size)
+        done = 0
+        for end, landed in parts:
+            await landed.wait()
+            while done < end:
+                view = memoryview(buf)[: min(read_size, end - done)]
+                n = os.preadv(fd, [view], done)
+                if n <= 0:
+                    raise _short("a read of the memfd", n, len(view))
+                done += n
+        return done
+
     async with aiohttp.ClientSession() as session:
         sizes = await asyncio.gather(*(size_of(session, u) for u in urls))
         fds: list[int] = []
@@ -172,21 +193,34 @@ async def range_fetch(urls: Sequence[str]) -> int:
             for size in sizes:
                 fds.append(os.memfd_create("range-fetch"))
                 os.ftruncate(fds[-1], size)
-            parts = iter(
-                (i, start, min(start + RANGE_FETCH_PART, size))
+            order = [
+                (i, start, min(start + RANGE_FETCH_PART, size), asyncio.Event())
                 for start in range(0, max(sizes, default=0), RANGE_FETCH_PART)
                 for i, size in enumerate(sizes)
                 if start < size
-            )
+            ]
+            parts = iter(order)
 
             async def worker() -> None:
-                for i, start, end in parts:
+                for i, start, end, landed in parts:
                     await land(session, urls[i], fds[i], start, end)
+                    landed.set()
 
-            await asyncio.gather(*(worker() for _ in range(RANGE_FETCH_IN_FLIGHT)))
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(RANGE_FETCH_IN_FLIGHT):
+                    tg.create_task(worker())
+                readers = [
+                    tg.create_task(
+                        read_out(fd, [(e, ev) for j, _, e, ev in order if j == i])
+                    )
+                    for i, fd in enumerate(fds)
+                    if read_size is not None
+                ]
         finally:
             for fd in fds:
                 os.close(fd)
+    if read_size is not None:
+        return sum(r.result() for r in readers)
     return sum(sizes)
 
 

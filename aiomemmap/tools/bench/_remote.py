@@ -4,11 +4,13 @@ The rows P3 (a sequential scan), P3c (four scans at once, of four files) and
 P4 (concurrent random reads) read files that a child process serves
 (:class:`~aiomemmap.tools.bench._served.ServedFiles`, 2 ms of latency per
 request), since a real server does not share its client's interpreter. Ours
-and every baseline (:mod:`aiomemmap.tools.bench._clients`) run cold, in
-turns, :data:`REMOTE_REPEATS` times; each is reported by its median time,
-with the requests and body bytes the server counted in that run. The
-baselines are aiohttp (whole GETs, raw range GETs), a minimal parallel range
-fetcher, every fsspec cache type and obstore's ``HTTPStore``.
+and every baseline (:mod:`aiomemmap.tools.bench._clients`) run cold (a new
+cache, session or store each time), in turns: one turn that is not counted,
+then :data:`REMOTE_REPEATS` more, the order rotating by one each turn (see
+:func:`_compare`); each is reported by its median time, with the requests
+and body bytes the server counted in that run. The baselines are aiohttp
+(whole GETs, raw range GETs), a minimal parallel range fetcher, every fsspec
+cache type and obstore's ``HTTPStore``.
 
 Ours opens each file with ``open_backing(url)`` and a fresh
 :class:`~aiomemmap.CachedFile` over a fresh memory file, and reads with
@@ -17,7 +19,11 @@ scans, a page for the random reads). The rows, with their targets:
 
 * P3: one file of :data:`SCAN_BYTES`, scanned in 1 MiB reads. P3 against one
   whole-file GET (>= 0.8x), P3b against fsspec's best cache type (>= 2x),
-  P3m against the minimal range fetcher (>= 1x), P3l against the landing
+  P3m against the minimal range fetcher (>= 1x; it reads each byte out of
+  its memfd once, in 1 MiB reads into a reused buffer, as ours are read,
+  so that both do the same work), P3v the other way round for information
+  (ours read through ``read_view``, which copies nothing, against the
+  fetcher landing its bytes without reading them), P3l against the landing
   floor (>= 0.9x: one whole GET that writes its body into memfd pages, which
   is what any client that holds the bytes in memfd pages pays at least, and
   shows whether P3's 0.8x of a GET that keeps nothing can be reached at all
@@ -25,9 +31,9 @@ scans, a page for the random reads). The rows, with their targets:
   the object whole, its own best way to scan) and P3f (each fsspec cache
   type) for information.
 * P3c: four files of a quarter of that, scanned at once by four readers:
-  P3c, P3cb, P3cm, P3cl, P3co and P3cf as for P3, against four concurrent GETs,
-  fsspec with four threads, the fetcher over the four files and obstore
-  streaming the four objects.
+  P3c, P3cb, P3cm, P3cl, P3cv, P3co and P3cf as for P3, against four
+  concurrent GETs, fsspec with four threads, the fetcher over the four
+  files and obstore streaming the four objects.
 * P4: :data:`RANDOM_READS` page reads at seeded page offsets of a file of
   :data:`RANDOM_FILE_BYTES`, by :data:`READERS` concurrent readers. P4
   against the faster of raw aiohttp range GETs and obstore's
@@ -87,6 +93,8 @@ SCAN_READ: Final[int] = _MIB
 FSSPEC_RANDOM_BLOCK: Final[int] = PAGE_SIZE
 
 _OURS: Final[str] = "ours"
+_OURS_VIEWED: Final[str] = "ours viewed"
+_FETCH_LANDS: Final[str] = "fetch, no read"
 _GET: Final[str] = "get"
 _LANDED: Final[str] = "landed"
 _FETCH: Final[str] = "fetch"
@@ -143,12 +151,22 @@ async def _compare(
 ) -> dict[str, _Run]:
     """Run every client :data:`REMOTE_REPEATS` times, in turns; keep each median.
 
-    Taking turns spreads the machine's noise over all the clients alike.
+    One turn of every client comes first and is not counted: each pays its
+    one-time costs (imports, the first session, TLS defaults) there, not in
+    a measured run. Taking turns spreads the machine's noise over all the
+    clients alike, and the order rotates by one each turn, so that no
+    client always runs first, or always right after the same other one
+    (a client that has just freed hundreds of MiB leaves the kernel work to
+    do, and the pages it hands out next cost more).
     """
+    names = list(runners)
     runs: dict[str, list[_Run]] = {name: [] for name in runners}
-    for _ in range(max(1, REMOTE_REPEATS)):
-        for name, client in runners.items():
-            runs[name].append(await _measure(served, name, client, expected))
+    for turn in range(1 + max(1, REMOTE_REPEATS)):
+        shift = turn % len(names)
+        for name in names[shift:] + names[:shift]:
+            run = await _measure(served, name, runners[name], expected)
+            if turn:
+                runs[name].append(run)
     return {
         name: sorted(done, key=lambda r: r.seconds)[(len(done) - 1) // 2]
         for name, done in runs.items()
@@ -189,6 +207,32 @@ async def _ours_scan(urls: Sequence[str], size: int) -> int:
         files = [CachedFile(backing, mf) for backing in backings]
         try:
             done = await asyncio.gather(*(_scan_file(cf, size) for cf in files))
+        finally:
+            for cf, backing in zip(files, backings, strict=True):
+                await cf.aclose()
+                await backing.aclose()
+    return sum(done)
+
+
+async def _view_file(cf: CachedFile, size: int) -> int:
+    """Read ``cf`` to ``size`` through views of :data:`SCAN_READ` bytes, no copy."""
+    off = 0
+    while off < size:
+        async with cf.read_view(off, SCAN_READ) as view:
+            n = len(view)
+        if not n:
+            break
+        off += n
+    return off
+
+
+async def _ours_scan_viewed(urls: Sequence[str], size: int) -> int:
+    """As :func:`_ours_scan`, reading through ``read_view``: no copy out."""
+    with MemoryFile("bench-scan-view") as mf:
+        backings = [open_backing(url) for url in urls]
+        files = [CachedFile(backing, mf) for backing in backings]
+        try:
+            done = await asyncio.gather(*(_view_file(cf, size) for cf in files))
         finally:
             for cf, backing in zip(files, backings, strict=True):
                 await cf.aclose()
@@ -283,6 +327,10 @@ def _scan_rows(
     )
     fs = _fsspec_runs(runs)
     best_ct, best = min(fs.items(), key=lambda kv: kv[1].seconds)
+    fetcher = (
+        f"{clients.RANGE_FETCH_IN_FLIGHT} ranges of "
+        f"{clients.RANGE_FETCH_PART // _MIB} MiB in flight, pwrite into memfds"
+    )
     rows = [
         same(
             f"{prefix}",
@@ -301,9 +349,8 @@ def _scan_rows(
             f"{prefix}m",
             base=runs[_FETCH],
             base_name=(
-                f"minimal fetcher{per_file}, {clients.RANGE_FETCH_IN_FLIGHT} "
-                f"ranges of {clients.RANGE_FETCH_PART // _MIB} MiB in flight, "
-                "pwrite into memfds"
+                f"minimal fetcher{per_file}, {fetcher}, each byte read out "
+                "once in 1 MiB reads as ours are"
             ),
             at_least=1.0,
         ),
@@ -317,6 +364,15 @@ def _scan_rows(
             at_least=0.9,
         ),
     ]
+    rows.append(
+        same(
+            f"{prefix}v",
+            what=f"{prefix}'s scan{'s' if per_file else ''} through read_view, no copy",
+            ours=runs[_OURS_VIEWED],
+            base=runs[_FETCH_LANDS],
+            base_name=f"minimal fetcher{per_file}, {fetcher}, nothing read out",
+        )
+    )
     if _OBSTORE in runs:
         rows.append(
             same(
@@ -340,9 +396,11 @@ async def _scan(names: Sequence[str], size: int) -> dict[str, _Run]:
         urls = [served.url(name) for name in names]
         runners: dict[str, Client] = {
             _OURS: lambda: _ours_scan(urls, size),
+            _OURS_VIEWED: lambda: _ours_scan_viewed(urls, size),
             _GET: lambda: clients.whole_get(urls),
             _LANDED: lambda: clients.whole_get_landed(urls),
-            _FETCH: lambda: clients.range_fetch(urls),
+            _FETCH: lambda: clients.range_fetch(urls, SCAN_READ),
+            _FETCH_LANDS: lambda: clients.range_fetch(urls),
         }
         if _have_obstore():
             runners[_OBSTORE] = lambda: clients.obstore_scan(
@@ -354,7 +412,7 @@ async def _scan(names: Sequence[str], size: int) -> dict[str, _Run]:
         return await _compare(served, runners, size * len(names))
 
 
-@register("P3,P3b,P3m,P3l,P3o,P3f")
+@register("P3,P3b,P3m,P3l,P3v,P3o,P3f")
 async def sequential_scan() -> list[BenchRow]:
     """P3: a cold sequential scan of one file, 1 MiB reads."""
     size = SCAN_BYTES
@@ -363,7 +421,7 @@ async def sequential_scan() -> list[BenchRow]:
     return _scan_rows("P3", what, runs, size, "")
 
 
-@register("P3c,P3cb,P3cm,P3cl,P3co,P3cf")
+@register("P3c,P3cb,P3cm,P3cl,P3cv,P3co,P3cf")
 async def concurrent_scans() -> list[BenchRow]:
     """P3c: four concurrent cold scans, one per file, 1 MiB reads."""
     size = SCAN_BYTES // SCAN_FILES
