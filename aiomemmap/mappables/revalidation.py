@@ -58,7 +58,12 @@ class Revalidation(PageCache):
         (private copies are kept, as Linux keeps them), the cache is dropped,
         and the new size and version are picked up. If the version after
         this file's own last change could not be learnt, the version found
-        is taken as that change's (no change is reported).
+        is taken as that change's (no change is reported). If the backing
+        told a new version but the rest failed (its size, the write-back),
+        the cache keeps the old version's pages, but fetches fail as if they
+        had found the object changed, which learns the new version: the
+        backing may already be tied to it, and its bytes must not land in
+        the old version's extent.
 
         Returns:
             Whether the backing had changed.
@@ -87,24 +92,30 @@ class Revalidation(PageCache):
                 self._version = version
                 self._version_unlearnt = False
                 return False
-            if version is None:
+            if version is not None and version == self._version:
+                return False
+            try:
                 new_size = await self._backing.size()
-                if new_size == self._size:
+                if version is None and new_size == self._size:
                     return False
-            else:
-                if version == self._version:
-                    return False
-                new_size = await self._backing.size()
-            if self._dirty:
-                # Written back first; the backing is then asked again, as
-                # the write-back changed it.
-                await self._writeback(0, ADDR_LIMIT)
-                version = await self._backing.version()
-                new_size = await self._backing.size()
-            if not is_int(new_size) or new_size < 0:
-                raise ValueError(
-                    f"backing {self._backing!r} reported a bad size {new_size!r}"
-                )
+                if self._dirty:
+                    # Written back first; the backing is then asked again, as
+                    # the write-back changed it.
+                    await self._writeback(0, ADDR_LIMIT)
+                    version = await self._backing.version()
+                    new_size = await self._backing.size()
+                if not is_int(new_size) or new_size < 0:
+                    raise ValueError(
+                        f"backing {self._backing!r} reported a bad size {new_size!r}"
+                    )
+            except BaseException:
+                if version is not None and version != self._version:
+                    # The backing told a new version and may be tied to it
+                    # now (its reads checked against it): fetches must not
+                    # read with the old size. Each fails as if it found the
+                    # object changed, which learns the new version.
+                    self._fetcher.unlearnt = True
+                raise
             self._fetcher.generation += 1
             self._size = self._backed_size = int(new_size)
             self._version = version
