@@ -6,17 +6,31 @@ processes (:func:`~aiomemmap.pager.client.map_file`), speaks the protocol of
 through the engine's cached file of the file it mapped
 (:mod:`~aiomemmap.pager.session`).
 
-Who gets in: the socket is created ``0600`` (in a private ``0700``
-directory unless a path is given); each peer's credentials are read from
-the kernel (``SO_PEERCRED``) and only the pager's own uid is served unless
-others are allowed; each client receives only the memfd of the file it
-asked for; every range it sends is checked against that file; a malformed,
-oversized, cut or late handshake gets a ``"protocol"`` error and the
-connection is closed with everything it opened released.
+Who gets in: each peer's credentials are read from the kernel
+(``SO_PEERCRED``, which the peer cannot forge) and only the allowed uids are
+served, by default the pager's own; each client receives only the memfd of
+the file it asked for; every range it sends is checked against that file; a
+malformed, oversized, cut or late handshake gets a ``"protocol"`` error and
+the connection is closed with everything it opened released.
 
-A client's file stays open in the engine while the client is connected; its
-end of the connection closing (the client closed its region, or died) frees
-everything the pager held for it.
+The socket's permissions follow the allowed uids. When only the pager's own
+uid is served, the socket is ``0600`` in a private ``0700`` directory, so
+that no other uid can even connect. When other uids are allowed, the
+directory is ``0711`` (others may pass through it, not list it) and the
+socket ``0666``: any local uid can connect, and the credentials check is the
+gate, refusing every uid not allowed before reading a byte from it. A group
+owning the socket would be narrower only in appearance: the kernel checks the
+group against the connecting process's own supplementary groups, which the
+group database does not bind, the pager could chown to such a group only if
+it belonged to it (or were root), and a group rarely holds exactly the
+allowed uids; the peer's credentials are the one check that admits exactly
+them. A refused uid costs the pager one accepted connection and one refusal.
+
+A client's file stays open in the engine while the client is connected. Its
+end of the connection closing (the client closed its region, or died), or
+the client's process exiting while another process still holds its socket
+(a forked child, or one the descriptor was passed to), which a pidfd of the
+peer's process tells, frees everything the pager held for it.
 """
 
 from __future__ import annotations
@@ -28,7 +42,7 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Collection
+from collections.abc import Awaitable, Collection
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, final
@@ -72,8 +86,38 @@ _SOCKET_NAME: Final = "pager.sock"
 _DRAIN_SECONDS: Final = 1.0
 
 
-async def _until_exit(pidfd: int, ended: asyncio.Event) -> None:
-    """Return when the process of ``pidfd`` exits, or ``ended`` is set."""
+_SO_PEERPIDFD: Final = getattr(socket, "SO_PEERPIDFD", 77)
+"""``SO_PEERPIDFD`` (Linux 6.5) where Python does not name it (the value of
+every architecture this package runs on)."""
+
+
+def _peer_pidfd(conn: socket.socket, creds: PeerCredentials) -> int:
+    """Open a pidfd of the process at the other end of ``conn`` (close-on-exec).
+
+    The kernel's own pidfd of the process that connected (``SO_PEERPIDFD``)
+    is taken where the kernel has it: it names that very process even if its
+    pid was reused since. Older kernels get ``pidfd_open`` of the pid the
+    credentials name.
+
+    Raises:
+        ProcessLookupError: The peer's process has exited already.
+        OSError: No pidfd could be opened.
+    """
+    try:
+        fd = conn.getsockopt(socket.SOL_SOCKET, _SO_PEERPIDFD)
+    except ProcessLookupError:
+        raise
+    except OSError:
+        return os.pidfd_open(creds.pid)
+    os.set_inheritable(fd, False)
+    return fd
+
+
+async def _until_exit(pidfd: int, *waits: Awaitable[object]) -> None:
+    """Return when the process of ``pidfd`` exits, or one of ``waits`` completes.
+
+    The others are cancelled (and awaited) before returning.
+    """
     loop = asyncio.get_running_loop()
     exited: asyncio.Future[object] = loop.create_future()
 
@@ -82,15 +126,15 @@ async def _until_exit(pidfd: int, ended: asyncio.Event) -> None:
             exited.set_result(None)
 
     loop.add_reader(pidfd, on_exit)
-    waiter: asyncio.Future[object] = asyncio.ensure_future(ended.wait())
-    futures: set[asyncio.Future[object]] = {waiter, exited}
+    futures: set[asyncio.Future[object]] = {exited}
+    futures.update(asyncio.ensure_future(w) for w in waits)
     try:
         await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
     finally:
         loop.remove_reader(pidfd)
-        exited.cancel()
-        waiter.cancel()
-        await asyncio.gather(exited, waiter, return_exceptions=True)
+        for future in futures:
+            future.cancel()
+        await asyncio.gather(*futures, return_exceptions=True)
 
 
 def _whole(pages: FilePages) -> AddrRange:
@@ -206,10 +250,16 @@ class Pager:
         engine: The engine whose files are served (the pager uses it on the
             engine's loop, the loop it is started on).
         socket_path: Where to listen; by default a new private directory
-            (``0700``) holds the socket. The socket is made ``0600``. A
-            path starting with a NUL byte names an abstract socket (no file,
-            no permissions: only the uid check guards it).
+            (``0700``, or ``0711`` when other uids are allowed) holds the
+            socket. The socket is made ``0600``, or ``0666`` when other uids
+            are allowed (the directory of a given path is the caller's to
+            open to them). A path starting with a NUL byte names an
+            abstract socket (no file, no permissions: only the uid check
+            guards it).
         allowed_uids: The uids served; by default only the pager's own.
+            Allowing others opens the socket to every local uid, and the
+            peer credentials check refuses those not allowed (see the
+            module documentation).
         fault_around: The first fault-around chunk of a region (a power of
             two, at least a page); it grows to ``max_fault_around`` on
             sequential faults and shrinks to a page on random ones.
@@ -307,6 +357,24 @@ class Pager:
         return self._socket_path
 
     @property
+    def open_to_others(self) -> bool:
+        """Whether uids other than the pager's own are served.
+
+        Then the pager's sockets are ``0666`` (and its private directory
+        ``0711``) instead of ``0600`` (and ``0700``): the credentials check
+        alone tells who is served (see the module documentation).
+        """
+        return bool(self._uids - {os.getuid()})
+
+    @property
+    def allowed_uids(self) -> frozenset[int]:
+        """The uids served."""
+        return self._uids
+
+    def _socket_mode(self) -> int:
+        return 0o666 if self.open_to_others else 0o600
+
+    @property
     def address(self) -> str:
         """What :func:`~aiomemmap.pager.client.map_file` takes: ``"unix:PATH"``."""
         return f"unix:{self.socket_path}"
@@ -342,14 +410,14 @@ class Pager:
         self._thread = threading.get_ident()
         if self._socket_path is None:
             self._private_dir = tempfile.mkdtemp(prefix="aiomemmap-pager-")
-            os.chmod(self._private_dir, 0o700)
+            os.chmod(self._private_dir, 0o711 if self.open_to_others else 0o700)
             self._socket_path = os.path.join(self._private_dir, _SOCKET_NAME)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             listener.setblocking(False)
             listener.bind(self._socket_path)
             if not self._socket_path.startswith("\0"):
-                os.chmod(self._socket_path, 0o600)
+                os.chmod(self._socket_path, self._socket_mode())
             listener.listen(128)
         except BaseException:
             listener.close()
@@ -457,8 +525,9 @@ class Pager:
         regions and userfaultfd (:mod:`~aiomemmap.pager.firecracker`); the
         pager serves the guest's faults from ``snapshot`` (the snapshot's
         memory file, any URL or path the engine opens, with
-        ``storage_options``), until the VMM's process exits. The socket is
-        made ``0600`` and peers are checked as for the pager's own socket.
+        ``storage_options``), until the VMM's process exits. The socket's
+        permissions and the peers' check are those of the pager's own socket
+        (:attr:`open_to_others`).
 
         Args:
             socket_path: Where to listen (must not exist).
@@ -479,7 +548,7 @@ class Pager:
         try:
             listener.setblocking(False)
             listener.bind(path)
-            os.chmod(path, 0o600)
+            os.chmod(path, self._socket_mode())
             listener.listen(128)
         except BaseException:
             listener.close()
@@ -520,7 +589,7 @@ class Pager:
             creds = peer_credentials(conn)
             if creds.uid not in self._uids:
                 raise PermissionError(f"uid {creds.uid} is not served by this pager")
-            pidfd = os.pidfd_open(creds.pid)
+            pidfd = _peer_pidfd(conn, creds)
             async with asyncio.timeout(self._handshake_timeout):
                 cached_file = await self._engine.open_file(snapshot, **options)
                 assert cached_file.size is not None
@@ -535,7 +604,7 @@ class Pager:
             self._served += 1
             self._guests.add(session)
             session.start_serving()
-            await _until_exit(pidfd, session.finished)
+            await _until_exit(pidfd, session.finished.wait())
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -604,17 +673,19 @@ class Pager:
         """Serve one client from its handshake to its end; release everything."""
         held: list[tuple[CachedFile, FilePages]] = []
         session: Session | None = None
+        pidfd = -1
         try:
             creds = peer_credentials(conn)
             if creds.uid not in self._uids:
                 raise PermissionError(f"uid {creds.uid} is not served by this pager")
+            pidfd = _peer_pidfd(conn, creds)
             async with asyncio.timeout(self._handshake_timeout):
                 session = await self._handshake(conn, creds, held)
             self._served += 1
             self._sessions.add(session)
             session.start_serving()
             await send_message_async(conn, encode({"ok": True}))
-            await self._wait_for_end(conn, session)
+            await self._wait_for_end(conn, session, pidfd)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -626,6 +697,8 @@ class Pager:
         finally:
             # At once, before any await: even a loop shutting down closes it.
             conn.close()
+            if pidfd >= 0:
+                os.close(pidfd)
             await finish_shielded(self._release(session, held))
 
     async def _handshake(
@@ -723,20 +796,19 @@ class Pager:
         pages.close()
 
     @staticmethod
-    async def _wait_for_end(conn: socket.socket, session: Session) -> None:
-        """Return when the client closes its end, breaks the rules, or is gone."""
-        ended = asyncio.ensure_future(session.finished.wait())
-        message = asyncio.ensure_future(
-            recv_message_async(conn, max_bytes=1, max_fds=0)
-        )
-        try:
-            await asyncio.wait({ended, message}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for fut in (ended, message):
-                fut.cancel()
-            await asyncio.gather(ended, message, return_exceptions=True)
+    async def _wait_for_end(conn: socket.socket, session: Session, pidfd: int) -> None:
+        """Return when the client closes its end, breaks the rules, or is gone.
+
+        Gone is the client's process exiting (its pidfd becomes readable),
+        even while another process holds a copy of its socket.
+        """
         # A message after the handshake, or a refused one, breaks the rules;
         # either way the connection ends.
+        await _until_exit(
+            pidfd,
+            session.finished.wait(),
+            recv_message_async(conn, max_bytes=1, max_fds=0),
+        )
 
     async def _refuse(self, conn: socket.socket, exc: BaseException) -> None:
         if isinstance(exc, ProtocolError | MessageTruncatedError | TimeoutError):
