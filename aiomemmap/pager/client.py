@@ -19,6 +19,24 @@ Two kinds of region:
   nor the engine, ever sees it, and an invalidation leaves it alone (as
   Linux does for a private mapping of a file that changes).
 
+Unprivileged processes. A process that may neither open
+``/dev/userfaultfd`` nor call ``userfaultfd()`` for the kernel's accesses
+(``vm.unprivileged_userfaultfd=0``, the usual setting, without
+``CAP_SYS_PTRACE``) still gets a userfaultfd that reports *user-mode*
+faults, and :func:`map_file` falls back to it
+(:attr:`Region.user_mode_only`). Every touch of the region by the process's
+own code (Python, numpy, hashlib, C extensions) is served as usual; what it
+loses is the kernel's access to pages not yet installed: a system call
+reading them (``os.write(fd, region)``, ``socket.send(region)``,
+``file.write`` of a memoryview of it) fails with ``EFAULT`` (an
+``OSError``), as the kernel may not wait for a user-mode fault handler. To
+avoid it, read such pages once in user mode first (``bytes(region[a:b])``,
+a numpy reduction) or copy them out with :meth:`Region.read` and
+:meth:`Region.readinto`, which ask the pager to install the pages they
+need (or, from a pager that cannot be asked, touch them in user mode) and
+raise :class:`~aiomemmap.BusError` only for pages that are poisoned; or
+give the process access to ``/dev/userfaultfd``.
+
 A shared *writable* region is refused: the engine keeps no record of what a
 client wrote into its pages, so it could neither write it back nor keep it
 from being dropped and refetched under the client; ask for a private one.
@@ -74,13 +92,19 @@ from aiomemmap._core.uffd import (
     buffer_address,
 )
 from aiomemmap.pager.protocol import (
+    MAX_POPULATE_BYTES,
     MAX_REQUEST_BYTES,
     PROTOCOL_VERSION,
+    REQUEST_POPULATE,
     MapReply,
+    PopulateRequest,
     ProtocolError,
     decode_map_reply,
+    decode_populate_reply,
+    decode_register_reply,
     decode_status,
     encode,
+    populate_request,
 )
 from aiomemmap.pager.watchdog import start_watchdog
 
@@ -91,6 +115,9 @@ if TYPE_CHECKING:
 __all__ = ["Region", "RegionStatistics", "map_file"]
 
 DEFAULT_CONNECT_TIMEOUT: Final = 30.0
+_POPULATE_ATTEMPTS: Final = 8
+"""Populations of one page in a row (each undone by an invalidation before
+the copy came back to it) before a checked read gives up on it."""
 
 
 class _IoVec(ctypes.Structure):
@@ -133,18 +160,17 @@ class RegionStatistics:
     resident_bytes: int
 
 
-def _checked_copy(src: int, dst: int, n: int) -> int:
+def _kernel_copy(src: int, dst: int, n: int) -> tuple[int, int]:
     """Copy ``n`` bytes of this process from ``src`` to ``dst`` in the kernel.
 
     The kernel serves missing pages through the pager as any access does
     (with the GIL released meanwhile) and reports a poisoned page as
-    ``EFAULT`` instead of ``SIGBUS``.
+    ``EFAULT`` instead of ``SIGBUS``; so does it a missing page when the
+    region's userfaultfd reports user-mode faults only.
 
     Returns:
-        ``n``.
-
-    Raises:
-        BusError: A page could not be read (``bytes_done`` bytes were).
+        The bytes copied (from the start), and 0 or the errno that stopped
+        the copy there.
     """
     done, pid = 0, os.getpid()
     while done < n:
@@ -152,17 +178,48 @@ def _checked_copy(src: int, dst: int, n: int) -> int:
         remote = _IoVec(src + done, n - done)
         got = _process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
         if got <= 0:
-            err = ctypes.get_errno() if got < 0 else errno.EIO
-            exc = BusError(
-                OSError(
-                    err,
-                    f"the page at {src + done:#x} cannot be read: {os.strerror(err)}",
-                )
-            )
-            exc.bytes_done = done
-            raise exc
+            return done, ctypes.get_errno() if got < 0 else errno.EIO
         done += got
-    return n
+    return n, 0
+
+
+def _bus_error(address: int, err: int, done: int) -> BusError:
+    exc = BusError(
+        OSError(err, f"the page at {address:#x} cannot be read: {os.strerror(err)}")
+    )
+    exc.bytes_done = done
+    return exc
+
+
+_PAGEMAP_SWAP: Final = 1 << 62
+_PAGEMAP_PRESENT: Final = 1 << 63
+
+
+def _poison_marked(address: int) -> bool:
+    """Return whether this process's page at ``address`` holds a poison marker.
+
+    ``/proc/self/pagemap`` shows a marker as a non-present swap entry; a
+    page of a region that merely was never touched shows as nothing at
+    all. (A page swapped out shows the same as a marker, but the kernel
+    reads a swapped page back instead of failing, so a page that failed a
+    kernel copy and shows so is poisoned.)
+    """
+    with open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
+        entry = os.pread(pagemap.fileno(), 8, address // PAGE_SIZE * 8)
+    flags = int.from_bytes(entry, "little") if len(entry) == 8 else 0
+    return bool(flags & _PAGEMAP_SWAP) and not flags & _PAGEMAP_PRESENT
+
+
+_touch_byte: Final = (ctypes.c_char * 1)()
+
+
+def _touch(address: int) -> None:
+    """Read one byte at ``address`` in user mode, the GIL released.
+
+    A missing page faults as any user-mode access does and is served; a
+    page the pager cannot serve then kills the process with ``SIGBUS``.
+    """
+    ctypes.memmove(_touch_byte, address, 1)
 
 
 class Region(mmap.mmap):
@@ -204,6 +261,9 @@ class Region(mmap.mmap):
     _url: str
     _private: bool
     _writable: bool
+    _user_mode_only: bool
+    _can_populate: bool
+    _conn_lock: threading.Lock
 
     def __new__(cls, *args: object, **kwargs: object) -> Region:
         """Refuse: regions come from :func:`map_file`."""
@@ -236,6 +296,9 @@ class Region(mmap.mmap):
         region._url = url
         region._private = private
         region._writable = writable
+        region._user_mode_only = False
+        region._can_populate = False
+        region._conn_lock = threading.Lock()
         region._conn = None
         region._uffd = None
         region._watchdog = None
@@ -257,6 +320,17 @@ class Region(mmap.mmap):
     def writable(self) -> bool:
         """Whether the region may be written (private regions only)."""
         return self._writable
+
+    @property
+    def user_mode_only(self) -> bool:
+        """Whether only user-mode touches of missing pages are served.
+
+        True when this process could not have a userfaultfd that also
+        reports the kernel's accesses (see :func:`map_file`): then a system
+        call that reads a page of the region nobody touched yet
+        (``os.write(fd, region)``, ``socket.send``) fails with ``EFAULT``.
+        """
+        return self._user_mode_only
 
     @property
     def address(self) -> int:
@@ -336,7 +410,7 @@ class Region(mmap.mmap):
         out = bytearray(count)
         if count:
             with buffer_address(out, writable=True) as (dst, _):
-                _checked_copy(self._address + offset, dst, count)
+                self._copy_out(offset, dst, count)
         return bytes(out)
 
     def readinto(self, offset: int, buf: object) -> int:
@@ -352,8 +426,69 @@ class Region(mmap.mmap):
         with buffer_address(buf, writable=True) as (dst, length):
             count = self._check_read("readinto", offset, length)
             if count:
-                _checked_copy(self._address + offset, dst, count)
+                self._copy_out(offset, dst, count)
         return count
+
+    def _copy_out(self, offset: int, dst: int, count: int) -> None:
+        """Copy ``count`` bytes of the region at ``offset`` to address ``dst``.
+
+        With a user-mode-only userfaultfd, a page the kernel's copy stops at
+        may just be missing: the pager is asked to install the pages from
+        there on (or, from a pager that cannot be asked, the page is
+        touched in user mode), and the copy goes on. Only a page that is
+        poisoned raises.
+
+        Raises:
+            BusError: A page could not be served (``bytes_done`` bytes were
+                copied).
+        """
+        done, again = 0, 0
+        while True:
+            got, err = _kernel_copy(
+                self._address + offset + done, dst + done, count - done
+            )
+            again = 0 if got else again + 1
+            done += got
+            if not err:
+                return
+            address = self._address + offset + done
+            page = (offset + done) // PAGE_SIZE * PAGE_SIZE
+            if (
+                err != errno.EFAULT
+                or not self._user_mode_only
+                or again > _POPULATE_ATTEMPTS
+                or _poison_marked(address)
+            ):
+                raise _bus_error(address, err, done)
+            end = min(
+                page + MAX_POPULATE_BYTES,
+                self._length,
+                -(-(offset + count) // PAGE_SIZE) * PAGE_SIZE,
+            )
+            if page in self._populate(page, end - page):
+                raise _bus_error(address, err, done)
+
+    def _populate(self, offset: int, length: int) -> list[int]:
+        """Have the pages of ``[offset, offset + length)`` installed now.
+
+        Returns:
+            The offsets of those pages that are poisoned.
+
+        Raises:
+            ClosedError: The region is closed.
+            OSError, ProtocolError: The pager broke the connection.
+        """
+        if not self._can_populate:
+            _touch(self._address + offset)
+            return []
+        request = PopulateRequest(offset, length)
+        with self._conn_lock:
+            conn = self._conn
+            if conn is None:
+                raise ClosedError(f"Region: {self!r} is closed")
+            send_message(conn, populate_request(offset, length))
+            msg = recv_message(conn, max_bytes=MAX_REQUEST_BYTES, max_fds=0)
+        return decode_populate_reply(msg.data, request)
 
     def close(self) -> None:
         """Unmap the region and end its service; later calls do nothing.
@@ -605,10 +740,16 @@ def map_file(
             close_fds(msg.fds)
         # A private region is filled through the memfd's pages, which a
         # minor fault maps (see the pager's session).
-        uffd = Userfaultfd.create(
-            features=FEATURE_MINOR_SHMEM if private else 0,
-            optional_features=FEATURE_THREAD_ID | FEATURE_POISON,
-        )
+        features = FEATURE_MINOR_SHMEM if private else 0
+        optional = FEATURE_THREAD_ID | FEATURE_POISON
+        try:
+            uffd = Userfaultfd.create(features=features, optional_features=optional)
+        except PermissionError:
+            # What an unprivileged process may still have (see above).
+            uffd = Userfaultfd.create(
+                features=features, optional_features=optional, user_mode_only=True
+            )
+            region._user_mode_only = True
         region._uffd = uffd
         mode = REGISTER_MODE_MISSING | (REGISTER_MODE_MINOR if private else 0)
         ioctls = uffd.register(region.address, reply.length, mode)
@@ -623,6 +764,7 @@ def map_file(
         _send(conn, encode(register), [uffd.fileno()])
         msg = recv_message(conn, max_bytes=MAX_REQUEST_BYTES, max_fds=0)
         decode_status(msg.data, "register reply")
+        region._can_populate = REQUEST_POPULATE in decode_register_reply(msg.data)
         if watchdog and creds.pid != os.getpid():
             region._watchdog = start_watchdog(
                 uffd, region.address, reply.length, creds.pid

@@ -21,11 +21,21 @@ UTF-8 (descriptors attached as ``SCM_RIGHTS``):
    missing-page faults only; a private one is mapped ``MAP_PRIVATE`` and
    registered for missing- and minor-page faults. The pager checks the
    client's mappings against what it says, and refuses a mismatch.
-4. pager → client: ``{"ok": true}`` or an error as in 2.
+4. pager → client: ``{"ok": true}``, or ``{"ok": true, "requests":
+   ["populate"]}`` from a pager that answers step 5; or an error as in 2.
 
-From then on the client sends nothing: the end of the connection tells the
-pager the client has gone, and any message is a protocol error that closes
-the connection.
+From then on the end of the connection tells the pager the client has gone.
+The one message a client may send, to a pager that listed it in step 4:
+
+5. client → pager, no descriptor: ``{"op": "populate", "offset": OFFSET,
+   "length": LENGTH}`` (page-aligned, inside the region, at most
+   :data:`MAX_POPULATE_BYTES`) asks the pager to install those pages of the
+   region now, whoever touches them next (a client whose userfaultfd
+   reports only user-mode faults needs this before a system call reads
+   them); the pager answers ``{"ok": true, "poisoned": [OFFSET, ...]}``,
+   the pages of the span it could not serve, once the others are in place.
+
+Any other message is a protocol error that closes the connection.
 
 Every message is bounded (:data:`MAX_REQUEST_BYTES`); anything malformed,
 oversized, cut, or carrying descriptors it should not, is refused with a
@@ -44,25 +54,36 @@ from aiomemmap._core.pages import PAGE_SIZE
 
 __all__ = [
     "MAX_OPTIONS",
+    "MAX_POPULATE_BYTES",
     "MAX_REQUEST_BYTES",
     "MAX_URL_LENGTH",
     "PROTOCOL_VERSION",
+    "REQUEST_POPULATE",
     "MapReply",
     "MapRequest",
+    "PopulateRequest",
     "ProtocolError",
     "RegisterRequest",
     "decode_map_reply",
     "decode_map_request",
+    "decode_populate_reply",
+    "decode_populate_request",
+    "decode_register_reply",
     "decode_register_request",
     "decode_status",
     "encode",
     "error_reply",
+    "populate_reply",
+    "populate_request",
 ]
 
 PROTOCOL_VERSION: Final = 1
 MAX_REQUEST_BYTES: Final = 16384
 """The longest message either side accepts."""
 MAX_URL_LENGTH: Final = 8192
+MAX_POPULATE_BYTES: Final = 256 * PAGE_SIZE
+"""The longest span one populate request may ask for."""
+REQUEST_POPULATE: Final = "populate"
 MAX_OPTIONS: Final = 64
 _MAX_OPTION_NAME: Final = 128
 _MAX_OPTION_STR: Final = 1024
@@ -105,6 +126,15 @@ class RegisterRequest:
     features: int
     ioctls: int
     private: bool = False
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PopulateRequest:
+    """Step 5: a span of the region to install now."""
+
+    offset: int
+    length: int
 
 
 def encode(obj: Mapping[str, object]) -> bytes:
@@ -254,6 +284,82 @@ def decode_register_request(data: bytes) -> RegisterRequest:
         _uint(obj, "ioctls", what),
         private,
     )
+
+
+def decode_register_reply(data: bytes) -> frozenset[str]:
+    """Check and decode step 4 (a success): the requests the pager answers.
+
+    Raises:
+        ProtocolError: Anything wrong with it.
+    """
+    what = "register reply"
+    obj = _object(data, what)
+    _keys(obj, what, {"ok"}, {"requests"})
+    requests = obj.get("requests", [])
+    if (
+        not isinstance(requests, list)
+        or len(requests) > 16
+        or not all(isinstance(name, str) for name in requests)
+    ):
+        raise ProtocolError(f"{what}: requests must be a short list of names")
+    return frozenset(name for name in requests if isinstance(name, str))
+
+
+def populate_request(offset: int, length: int) -> bytes:
+    """Encode step 5."""
+    return encode({"op": REQUEST_POPULATE, "offset": offset, "length": length})
+
+
+def decode_populate_request(data: bytes, region_length: int) -> PopulateRequest:
+    """Check and decode step 5 against a region of ``region_length`` bytes.
+
+    Raises:
+        ProtocolError: Anything wrong with it (a span misaligned, empty,
+            too long or outside the region included).
+    """
+    what = "populate request"
+    obj = _object(data, what)
+    _keys(obj, what, {"op", "offset", "length"}, set())
+    if obj["op"] != REQUEST_POPULATE:
+        raise ProtocolError(f"{what}: op must be 'populate', got {obj['op']!r}")
+    offset = _uint(obj, "offset", what)
+    length = _uint(obj, "length", what)
+    if (
+        offset % PAGE_SIZE
+        or length % PAGE_SIZE
+        or not 0 < length <= MAX_POPULATE_BYTES
+        or offset + length > region_length
+    ):
+        raise ProtocolError(
+            f"{what}: [{offset}, {offset + length}) must be whole pages, at most "
+            f"{MAX_POPULATE_BYTES} bytes, inside the region of {region_length}"
+        )
+    return PopulateRequest(offset, length)
+
+
+def populate_reply(poisoned: list[int]) -> bytes:
+    """Encode the answer to step 5."""
+    return encode({"ok": True, "poisoned": sorted(poisoned)})
+
+
+def decode_populate_reply(data: bytes, request: PopulateRequest) -> list[int]:
+    """Check and decode the answer to ``request``: the offsets poisoned.
+
+    Raises:
+        ProtocolError: Malformed, or names pages outside the request.
+        FileNotFoundError, PermissionError, OSError: A refusal.
+    """
+    what = "populate reply"
+    obj = decode_status(data, what)
+    _keys(obj, what, {"ok", "poisoned"}, set())
+    poisoned = obj["poisoned"]
+    end = request.offset + request.length
+    if not isinstance(poisoned, list) or not all(
+        type(o) is int and request.offset <= o < end and o % PAGE_SIZE == 0
+        for o in poisoned
+    ):
+        raise ProtocolError(f"{what}: poisoned must list pages of the request")
+    return [o for o in poisoned if isinstance(o, int)]
 
 
 def decode_status(data: bytes, what: str) -> dict[str, object]:

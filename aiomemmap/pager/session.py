@@ -45,7 +45,7 @@ import signal
 from dataclasses import dataclass, field
 from typing import Final, final
 
-from aiomemmap._core.errors import BusError
+from aiomemmap._core.errors import BusError, ClosedError
 from aiomemmap._core.pages import PAGE_SIZE
 from aiomemmap._core.uffd import (
     ForkEvent,
@@ -61,7 +61,11 @@ from aiomemmap._core.uffd import (
 from aiomemmap.mappables.cached_file import CachedFile
 from aiomemmap.pager.fault_around import FaultAround
 from aiomemmap.pager.file_pages import FilePages
-from aiomemmap.pager.protocol import ProtocolError
+from aiomemmap.pager.protocol import (
+    ProtocolError,
+    decode_populate_request,
+    populate_reply,
+)
 from aiomemmap.pager.watchdog import poison_unpopulated
 
 __all__ = ["Session", "SessionCounters", "mapping_is_private"]
@@ -357,6 +361,61 @@ class Session:
         """Poison the unpopulated pages if the client still holds its descriptor."""
         if _holds_file(self.client_pid, self._uffd.fileno()):
             poison_unpopulated(self._uffd, self.start, self.length)
+
+    async def populate(self, offset: int, length: int) -> list[int]:
+        """Install the pages of ``[offset, offset + length)`` of the region now.
+
+        What a fault there would do, without the fault: a client whose
+        userfaultfd reports only user-mode faults asks for this before a
+        system call reads those pages (the kernel's own access of a
+        missing page fails there with ``EFAULT`` instead of faulting).
+        Pages present already are left as they are; pages whose bytes
+        cannot be read are poisoned, as a fault would have them.
+
+        Args:
+            offset: Page-aligned offset in the region.
+            length: Page-aligned, positive, inside the region.
+
+        Returns:
+            The offsets of the span's pages that are poisoned now.
+
+        Raises:
+            ValueError: A bad span.
+            ClosedError: The session has ended.
+
+        Cancellation:
+            The installation goes on (the session's own task); the caller
+            just stops waiting for it.
+        """
+        end = offset + length
+        if offset % PAGE_SIZE or length % PAGE_SIZE or length <= 0:
+            raise ValueError(f"populate: [{offset}, {end}) is not whole pages")
+        if offset < 0 or end > self.length:
+            raise ValueError(f"populate: [{offset}, {end}) is outside the region")
+        if self._closed or self.finished.is_set():
+            raise ClosedError(f"{self!r} has ended ({self.reason})")
+        chunk = _Chunk(end, set(range(offset, end, PAGE_SIZE)))
+        task = asyncio.get_running_loop().create_task(self._resolve(offset, chunk))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        await asyncio.shield(task)
+        return sorted(page for page in self.poisoned if offset <= page < end)
+
+    async def answer(self, data: bytes) -> bytes:
+        """Answer one message the client sent after the handshake.
+
+        The one request there is: ``populate`` (see
+        :mod:`~aiomemmap.pager.protocol`, step 5).
+
+        Returns:
+            The reply to send.
+
+        Raises:
+            ProtocolError: Not a valid request: the connection should end.
+            ClosedError: The session has ended.
+        """
+        request = decode_populate_request(data, self.length)
+        return populate_reply(await self.populate(request.offset, request.length))
 
     def _end(self, reason: str) -> None:
         if not self.finished.is_set():
